@@ -1,0 +1,66 @@
+"""``python -m callagent serve [--host --port ...]``: parse the command line, run the app."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from aiohttp import web
+
+from .logs import configure_logging
+from .settings import ConfigError, Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="callagent", description="Gateway between telephone calls and LLM workflows.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP/SSE/WebSocket server")
+    serve.add_argument("--host", help="listen address (CALLAGENT_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (CALLAGENT_PORT, default 8000)")
+    serve.add_argument("--upstream", choices=["local", "fastgpt"], help="CALLAGENT_UPSTREAM")
+    serve.add_argument("--store", help="CALLAGENT_STORE, e.g. sqlite:///var/callagent.db, redis://127.0.0.1:6379/0")
+    serve.add_argument("--env-file", default=".env", help="optional KEY=value file read before the environment")
+    serve.add_argument("--log-format", choices=["console", "json", "auto"], help="CALLAGENT_LOG_FORMAT")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env(
+            env_file=args.env_file,
+            host=args.host,
+            port=args.port,
+            upstream=args.upstream,
+            store=args.store,
+            log_format=args.log_format,
+        )
+    except ConfigError as e:
+        print(f"callagent: configuration error: {e}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+
+    from .web.app import create_app
+
+    web.run_app(
+        create_app(settings),
+        loop=_event_loop(),
+        host=settings.host,
+        port=settings.port,
+        handler_cancellation=True,  # a gateway that hangs up cancels its turn at once
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+        print=lambda line: print(line, file=sys.stderr),
+    )
+    return 0
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (the ``fast`` extra), else the standard loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The events of a turn, and how each transport puts them on the wire.
+
+The turn engine yields ``StageCode``, ``TextDelta`` and finally ``Done`` or ``Error``.
+Transports differ only in encoding:
+
+- SSE (``sse_frame``): ``event: <name>\\n`` + one ``data: <json>\\n`` + blank line, LF only,
+  no ``id:``/``retry:`` lines; the byte layout the original service produced.
+- WebSocket (``ws_message``): one JSON object with ``type`` = the event name.
+- JSON ``/chat`` (``FoldedReply``): the whole turn folded into one reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+
+@dataclass(slots=True)
+class StageCode:
+    code: str
+    name: str
+    event = "stage_code"
+
+    def fields(self) -> dict[str, Any]:
+        return {"nextStageCode": self.code, "nextStage": self.name}
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+    event = "text_delta"
+
+    def fields(self) -> dict[str, Any]:
+        return {"text": self.text}
+
+
+@dataclass(slots=True)
+class Done:
+    status: str  # "completed" | "cancelled"
+    latency: dict[str, float | None] = field(default_factory=dict)
+    event = "done"
+
+    def fields(self) -> dict[str, Any]:
+        return {"status": self.status, "latency": self.latency}
+
+
+@dataclass(slots=True)
+class Error:
+    type: str
+    msg: str
+    code: str = "500"
+    event = "error"
+
+    def fields(self) -> dict[str, Any]:
+        return {"msg": self.msg, "code": self.code, "type": self.type}
+
+
+Event = StageCode | TextDelta | Done | Error
+TERMINAL = (Done, Error)
+
+
+def dumps(obj: Any) -> str:
+    """JSON text, UTF-8 unescaped (aiohttp ``json_response(dumps=...)`` signature)."""
+    return orjson.dumps(obj).decode()
+
+
+def sse_frame(event: Event, turn_id: str, seq: int) -> bytes:
+    data = event.fields()
+    data["turnId"] = turn_id
+    data["seq"] = seq
+    return b"event: %s\ndata: %s\n\n" % (event.event.encode(), orjson.dumps(data))
+
+
+def ws_message(event: Event, turn_id: str, seq: int) -> dict[str, Any]:
+    msg: dict[str, Any] = {"type": event.event, "turnId": turn_id, "seq": seq}
+    msg.update(event.fields())
+    if isinstance(event, Error):
+        # "type" is the message type on a socket; the error kind travels as "error".
+        msg["type"] = "error"
+        msg["error"] = event.type
+    return msg
+
+
+@dataclass(slots=True)
+class FoldedReply:
+    """A whole turn as the JSON ``/chat`` reply: text joined, the last stage code wins."""
+
+    text: list[str] = field(default_factory=list)
+    stage: StageCode | None = None
+    done: Done | None = None
+    error: Error | None = None
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, TextDelta):
+            self.text.append(event.text)
+        elif isinstance(event, StageCode):
+            self.stage = event
+        elif isinstance(event, Done):
+            self.done = event
+        else:
+            self.error = event

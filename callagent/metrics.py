@@ -1,0 +1,34 @@
+"""Prometheus metrics, one registry per app (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.turns = Counter("callagent_turns", "Turns ended, by transport and status", ["transport", "status"], registry=r)
+        self.stage_codes = Counter("callagent_stage_codes", "Stage codes sent to gateways", ["code"], registry=r)
+        self.upstream_errors = Counter("callagent_upstream_errors", "Failed turns, by error type", ["type"], registry=r)
+        self.upstream_first_byte = Histogram(
+            "callagent_upstream_first_byte_seconds", "Turn start to the upstream's first chunk", buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_text = Histogram(
+            "callagent_first_text_seconds", "Turn start to the first text sent to the gateway", buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.turn_duration = Histogram(
+            "callagent_turn_duration_seconds", "Turn start to its terminal event", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.running_turns = Gauge("callagent_running_turns", "Turns running in this process", registry=r)
+        self.open_sockets = Gauge("callagent_open_websockets", "Open WebSocket connections", registry=r)
+        self.open_streams = Gauge("callagent_open_sse_streams", "Open SSE responses", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

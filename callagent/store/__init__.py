@@ -1,0 +1,21 @@
+"""Session stores; ``open_store(url)`` picks the implementation from ``CALLAGENT_STORE``."""
+
+from __future__ import annotations
+
+from .base import Store, TurnRecord
+from .memory import MemoryStore
+from .sqlite import SQLiteStore, sqlite_path
+
+__all__ = ["Store", "TurnRecord", "MemoryStore", "SQLiteStore", "create_store"]
+
+
+def create_store(url: str, *, transcript_ttl: int = 7 * 24 * 3600) -> Store:
+    if url.startswith("memory://"):
+        return MemoryStore()
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(sqlite_path(url))
+    if url.startswith(("redis://", "rediss://")):
+        from .redis import RedisStore
+
+        return RedisStore(url, transcript_ttl=transcript_ttl)
+    raise ValueError(f"unsupported store URL {url!r}")

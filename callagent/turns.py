@@ -1,0 +1,467 @@
+"""The turn engine: one road from a caller utterance to the events every transport encodes.
+
+::
+
+    TurnEngine.start(TurnRequest) -> Turn          (cancels the session's running turn first)
+        turn task: wait for the session lease -> load variables -> upstream.stream()
+                   -> StateTagParser (-> ClauseSegmenter) -> events -> transcript row
+    Turn.events()  -> StageCode | TextDelta ... then exactly one Done or Error
+
+Every turn runs in its own task, owned by the engine, so anything can stop it: a barge-in
+on another socket, ``POST /cancel``, a new turn for the session on another instance (through
+the store), the gateway disconnecting, shutdown. Cancelling the task unwinds the upstream
+read, which closes the upstream HTTP response at once; the task then records the transcript,
+emits ``Done(cancelled)`` and releases the session lease. The consumer stops forwarding
+anything but the terminal event the moment it asks for the cancel, so no stale delta of
+the old turn reaches the gateway.
+
+Deadlines (connect, first token, idle gap, whole turn) are held by one ``asyncio.timeout``
+that is rescheduled on every upstream chunk. An upstream failure still gives the caller
+the fallback phrase and the gateway the fallback stage before the ``Error`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .errors import CallagentError, SessionBusy, UpstreamTimeout
+from .events import TERMINAL, Done, Error, Event, StageCode, TextDelta
+from .metrics import Metrics
+from .segment import ClauseSegmenter, SegmentOptions
+from .settings import Settings
+from .stages import StageTable
+from .store import Store, TurnRecord
+from .tags import StageTag, StateTagParser
+from .upstream.base import END_OF_SPEECH, Upstream, UpstreamChunk, UpstreamTurn, VariablesUpdate
+
+log = structlog.get_logger("callagent.turns")
+
+DRAIN_TIMEOUT = 5.0
+"""How long a finished turn keeps reading the upstream for its end-of-stream bookkeeping."""
+
+LEASE_POLL = 0.01
+
+
+@dataclass(slots=True)
+class TurnRequest:
+    session_id: str
+    text: str
+    time_stamp: str = ""
+    transport: str = "http"
+    turn_id: str | None = None
+    segment: SegmentOptions | None = None
+
+
+class Turn:
+    """A running turn: its id, its events, and the handle to stop it."""
+
+    def __init__(self, request: TurnRequest, turn_id: str) -> None:
+        self.id = turn_id
+        self.request = request
+        self.session_id = request.session_id
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_requested = False
+        self.spoken_text: str | None = None
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def __repr__(self) -> str:
+        return f"Turn({self.id!r}, session={self.session_id!r})"
+
+    def emit(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+
+    def cancel(self, spoken_text: str | None = None) -> bool:
+        """Stop the turn now; ``spoken_text`` is what the caller heard of it. False if already over."""
+        if self.cancel_requested or self.task is None or self.task.done():
+            return False
+        self.cancel_requested = True
+        self.spoken_text = spoken_text
+        self.task.cancel()
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The turn's events up to and including its terminal one."""
+        while True:
+            event = await self._queue.get()
+            if isinstance(event, TERMINAL):
+                yield event
+                return
+            if not self.cancel_requested:
+                yield event
+
+    async def wait(self) -> None:
+        """Until the turn task has ended (transcript saved, lease released)."""
+        if self.task is not None:
+            await asyncio.wait([self.task])
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What a turn has produced so far, and when."""
+
+    started: float
+    deadline: float
+    text: list[str] = field(default_factory=list)
+    stage: str | None = None
+    terminal_stage: bool = False
+    variables: dict[str, Any] = field(default_factory=dict)
+    first_byte: float | None = None
+    first_text: float | None = None
+    first_stage: float | None = None
+
+
+class TurnEngine:
+    def __init__(
+        self, settings: Settings, store: Store, upstream: Upstream, stages: StageTable, metrics: Metrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.upstream = upstream
+        self.stages = stages
+        self.metrics = metrics or Metrics()
+        self._running: dict[str, Turn] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lease_ttl = settings.connect_timeout + max(settings.first_token_timeout, settings.idle_timeout) + 5
+        self._fallback_stage = stages.resolve(settings.fallback_stage)
+        store.on_cancel(self._cancel_local)
+
+    # -- starting and stopping turns -------------------------------------------------------
+
+    def start(self, request: TurnRequest) -> Turn:
+        """Start a turn for the session, cancelling the one it is running (barge-in)."""
+        turn = Turn(request, request.turn_id or new_turn_id())
+        prior = self._running.get(request.session_id)
+        if prior is not None:
+            prior.cancel()
+        self._running[request.session_id] = turn
+        turn.task = asyncio.create_task(self._run(turn, prior), name=f"turn-{turn.id}")
+        self._tasks.add(turn.task)
+        turn.task.add_done_callback(self._tasks.discard)
+        self.metrics.running_turns.inc()
+        return turn
+
+    @asynccontextmanager
+    async def turn(self, request: TurnRequest) -> AsyncIterator[Turn]:
+        """Start a turn for a consumer; leaving the block early (disconnect) cancels it."""
+        turn = self.start(request)
+        try:
+            yield turn
+        finally:
+            if not turn.done:
+                turn.cancel()
+                await asyncio.shield(turn.wait())
+
+    async def cancel(self, session_id: str, spoken_text: str | None = None, turn_id: str | None = None) -> bool:
+        """Stop the session's running turn here or on any instance sharing the store."""
+        if self._cancel_local(session_id, spoken_text, turn_id):
+            return True
+        await self.store.publish_cancel(session_id, spoken_text)
+        return False
+
+    async def delete_last_turn(self, session_id: str) -> str | None:
+        """Delete the last turn's two upstream records and undo the variables it set."""
+        record = await self.store.last_turn(session_id)
+        if record is None:
+            return None
+        await self.upstream.delete_records(session_id, record.upstream_records)
+        if record.variables_before:
+            await self.store.set_variables(session_id, record.variables_before)
+        record.deleted = True
+        await self.store.save_turn(record)
+        return record.turn_id
+
+    async def delete_session(self, session_id: str) -> None:
+        """Stop the session's turn, forget its conversation upstream and its data here."""
+        turn = self.running(session_id)
+        if turn is not None:
+            turn.cancel()
+            await turn.wait()
+        else:
+            await self.cancel(session_id)
+        await self.upstream.delete_session(session_id)
+        await self.store.delete_session(session_id)
+
+    async def record_spoken_text(self, session_id: str, spoken_text: str, turn_id: str | None = None) -> bool:
+        """The caller barged in after the reply was generated: note what they actually heard."""
+        record = await self.store.last_turn(session_id)
+        if record is None or (turn_id is not None and record.turn_id != turn_id):
+            return False
+        record.spoken_text = spoken_text
+        await self.store.save_turn(record)
+        return True
+
+    def running(self, session_id: str) -> Turn | None:
+        turn = self._running.get(session_id)
+        return turn if turn is not None and not turn.done else None
+
+    def _cancel_local(self, session_id: str, spoken_text: str | None, turn_id: str | None = None) -> bool:
+        turn = self._running.get(session_id)
+        if turn is None or (turn_id is not None and turn.id != turn_id):
+            return False
+        return turn.cancel(spoken_text)
+
+    async def close(self, timeout: float = 0.0) -> None:
+        """Let running turns finish for up to ``timeout`` seconds, then cancel the rest."""
+        if self._tasks and timeout > 0:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+        for turn in list(self._running.values()):
+            turn.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    # -- one turn --------------------------------------------------------------------------
+
+    async def _run(self, turn: Turn, prior: Turn | None) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        progress = _Progress(started=now, deadline=now + s.turn_timeout)
+        record = TurnRecord(
+            session_id=turn.session_id,
+            turn_id=turn.id,
+            caller_text=turn.request.text,
+            time_stamp=turn.request.time_stamp,
+            transport=turn.request.transport,
+            received_at=time.time(),
+        )
+        chunks: AsyncIterator[UpstreamChunk] | None = None
+        error: CallagentError | None = None
+        leased = False
+        status = "completed"
+        try:
+            if prior is not None:
+                await prior.wait()
+            leased = await self._acquire_lease(turn, progress)
+            variables = await self.store.get_variables(turn.session_id)
+            upstream_turn = UpstreamTurn(turn.session_id, turn.id, turn.request.text, variables)
+            record.upstream_records = [upstream_turn.human_record_id, upstream_turn.ai_record_id]
+            chunks = self.upstream.stream(upstream_turn)
+            await self._relay(turn, chunks, progress, variables)
+        except asyncio.CancelledError:
+            # Only Turn.cancel() and engine shutdown cancel this task; both want Done(cancelled),
+            # so the cancellation is consumed here and the rest of the turn runs normally.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            status = "cancelled"
+        except CallagentError as e:
+            status, error = "failed", e
+        except Exception as e:
+            log.exception("turn_crashed", session_id=turn.session_id, turn_id=turn.id)
+            status, error = "failed", CallagentError(f"internal error: {type(e).__name__}")
+        try:
+            if status != "completed" and chunks is not None:
+                await chunks.aclose()  # usually already unwound by the cancel or the error
+            await self._finish(turn, record, progress, status, error)
+            if status == "completed" and chunks is not None:
+                await self._drain(chunks)
+        finally:
+            if chunks is not None:
+                await chunks.aclose()
+            if leased:
+                await self.store.release_lease(turn.session_id, turn.id)
+            if self._running.get(turn.session_id) is turn:
+                del self._running[turn.session_id]
+            self.metrics.running_turns.dec()
+
+    async def _acquire_lease(self, turn: Turn, progress: _Progress) -> bool:
+        store, ttl = self.store, self._lease_ttl
+        if await store.acquire_lease(turn.session_id, turn.id, ttl):
+            return True
+        # Another instance runs a turn of this session: ask it to stop, then wait for the lease.
+        await store.publish_cancel(turn.session_id, None)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.first_token_timeout
+        while loop.time() < give_up:
+            await asyncio.sleep(LEASE_POLL)
+            if await store.acquire_lease(turn.session_id, turn.id, ttl):
+                return True
+        raise SessionBusy(f"session {turn.session_id} is still running a turn elsewhere")
+
+    async def _relay(
+        self, turn: Turn, chunks: AsyncIterator[UpstreamChunk], progress: _Progress, variables: dict[str, Any]
+    ) -> None:
+        """Upstream chunks -> events, until the reply is complete."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        parser = StateTagParser()
+        segmenter = ClauseSegmenter(turn.request.segment) if turn.request.segment else None
+        first_token_at = progress.started + s.first_token_timeout
+        lease_renew_at = loop.time() + self._lease_ttl / 3
+        flush_handle: asyncio.TimerHandle | None = None
+
+        def emit_text(text: str) -> None:
+            if not text:
+                return
+            if progress.first_text is None:
+                progress.first_text = loop.time()
+            progress.text.append(text)
+            turn.emit(TextDelta(text))
+
+        def flush_segment() -> None:
+            nonlocal flush_handle
+            flush_handle = None
+            assert segmenter is not None
+            emit_text(segmenter.flush_pending())
+            if segmenter.has_pending:
+                flush_handle = loop.call_later(segmenter.options.flush_delay, flush_segment)
+
+        def speak(text: str) -> None:
+            nonlocal flush_handle
+            if segmenter is None:
+                emit_text(text)
+                return
+            for clause in segmenter.feed(text):
+                emit_text(clause)
+            if segmenter.has_pending and flush_handle is None:
+                flush_handle = loop.call_later(segmenter.options.flush_delay, flush_segment)
+
+        try:
+            async with asyncio.timeout(min(first_token_at, progress.deadline)) as deadline:
+                async for chunk in chunks:
+                    now = loop.time()
+                    if progress.first_byte is None:
+                        progress.first_byte = now
+                    if isinstance(chunk, str):
+                        for item in parser.feed(chunk):
+                            if isinstance(item, StageTag):
+                                self._stage(turn, progress, item)
+                            else:
+                                speak(item)
+                    elif chunk is END_OF_SPEECH:
+                        break
+                    elif isinstance(chunk, VariablesUpdate):
+                        for key, value in chunk.items():
+                            if variables.get(key) != value:
+                                progress.variables[key] = value
+                    next_deadline = now + s.idle_timeout if progress.first_text is not None else first_token_at
+                    deadline.reschedule(min(next_deadline, progress.deadline))
+                    if now >= lease_renew_at:
+                        lease_renew_at = now + self._lease_ttl / 3
+                        await self.store.renew_lease(turn.session_id, turn.id, self._lease_ttl)
+        except TimeoutError:
+            raise UpstreamTimeout(self._which_deadline(progress, loop.time())) from None
+        finally:
+            if flush_handle is not None:
+                flush_handle.cancel()
+        speak(parser.finish())
+        if segmenter is not None:
+            emit_text(segmenter.finish())
+
+    def _which_deadline(self, progress: _Progress, now: float) -> str:
+        if now >= progress.deadline - 0.001:
+            return f"the turn took longer than {self.settings.turn_timeout:g}s"
+        if progress.first_text is None:
+            if progress.first_byte is None:
+                return f"no answer from the upstream within {self.settings.first_token_timeout:g}s"
+            return f"no text from the upstream within {self.settings.first_token_timeout:g}s"
+        return f"the upstream went silent for {self.settings.idle_timeout:g}s"
+
+    def _stage(self, turn: Turn, progress: _Progress, code: str) -> None:
+        stage = self.stages.resolve(code)
+        if progress.first_stage is None:
+            progress.first_stage = asyncio.get_running_loop().time()
+        progress.stage = stage.code
+        progress.terminal_stage = stage.terminal
+        turn.emit(StageCode(stage.code, stage.name))
+
+    async def _finish(
+        self, turn: Turn, record: TurnRecord, progress: _Progress, status: str, error: CallagentError | None
+    ) -> None:
+        """Fallback if needed, transcript, metrics, the canonical log line, the terminal event."""
+        s = self.settings
+        if error is not None and s.fallback_enabled and not progress.terminal_stage:
+            self._stage(turn, progress, s.fallback_stage)
+            progress.text.append(s.fallback_text)
+            turn.emit(TextDelta(s.fallback_text))
+        loop = asyncio.get_running_loop()
+        latency = _latency(progress, loop.time())
+        record.reply_text = "".join(progress.text)
+        record.spoken_text = turn.spoken_text
+        record.stage_codes = [progress.stage] if progress.stage else []
+        record.status = status
+        record.error_type = error.type if error else None
+        record.timings = latency
+        try:
+            if progress.variables:
+                before = await self.store.get_variables(turn.session_id)
+                record.variables_before = {k: before.get(k) for k in progress.variables}
+                await self.store.set_variables(turn.session_id, progress.variables)
+            await self.store.save_turn(record)
+        except CallagentError as e:
+            log.error("transcript_not_saved", session_id=turn.session_id, turn_id=turn.id, error=e.msg)
+        if status == "cancelled" and s.interrupt_records == "delete" and progress.first_byte is not None:
+            await self._delete_upstream_records(turn, record)
+        self._observe(turn, progress, status, error, latency)
+        if error is not None:
+            turn.emit(Error(error.type, error.msg, str(error.status)))
+        else:
+            turn.emit(Done(status, latency))
+
+    async def _delete_upstream_records(self, turn: Turn, record: TurnRecord) -> None:
+        try:
+            await self.upstream.delete_records(turn.session_id, record.upstream_records)
+        except CallagentError as e:
+            log.warning("interrupted_records_not_deleted", session_id=turn.session_id, turn_id=turn.id, error=e.msg)
+
+    async def _drain(self, chunks: AsyncIterator[UpstreamChunk]) -> None:
+        """Read the rest of a finished reply (the upstream saves the chat meanwhile)."""
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                async for _ in chunks:
+                    pass
+        except (TimeoutError, CallagentError):
+            pass
+
+    def _observe(
+        self, turn: Turn, progress: _Progress, status: str, error: CallagentError | None, latency: dict[str, Any]
+    ) -> None:
+        m = self.metrics
+        m.turns.labels(turn.request.transport, status).inc()
+        if progress.stage:
+            m.stage_codes.labels(progress.stage).inc()
+        if error is not None:
+            m.upstream_errors.labels(error.type).inc()
+        if progress.first_byte is not None:
+            m.upstream_first_byte.observe(progress.first_byte - progress.started)
+        if progress.first_text is not None:
+            m.first_text.observe(progress.first_text - progress.started)
+        m.turn_duration.observe(latency["total_ms"] / 1000)
+        log.info(
+            "turn",
+            session_id=turn.session_id,
+            turn_id=turn.id,
+            transport=turn.request.transport,
+            status=status,
+            stage=progress.stage,
+            error=error.type if error else None,
+            chars=sum(map(len, progress.text)),
+            **latency,
+        )
+
+
+def _latency(progress: _Progress, now: float) -> dict[str, float | None]:
+    def ms(at: float | None) -> float | None:
+        return None if at is None else round((at - progress.started) * 1000, 3)
+
+    return {
+        "upstream_first_byte_ms": ms(progress.first_byte),
+        "first_text_ms": ms(progress.first_text),
+        "stage_ms": ms(progress.first_stage),
+        "total_ms": ms(now) or 0.0,
+    }
+
+
+def new_turn_id() -> str:
+    return uuid.uuid4().hex[:16]
+

@@ -1,0 +1,258 @@
+"""FastGPT OpenAPI client: one pooled aiohttp session, every turn ``stream:true, detail:true``.
+
+The stream is read as raw bytes and split into lines here, not with ``readline`` (its line
+limit would break on a large frame). Frames are dispatched on their ``data:`` line, since
+FastGPT's payloads are single-line JSON; the blank line that follows adds nothing.
+
+What counts as speech: ``answer`` and ``fastAnswer`` content (never ``reasoning_content``),
+and the question of an ``interactive`` node. The reply ends at ``workflowDuration`` (end of
+speech: FastGPT is now saving the chat) or ``[DONE]``; ``error`` frames, non-200 envelopes
+and an EOF before either are failures, each with its own error type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+
+from ..errors import UpstreamAuth, UpstreamError, UpstreamProtocol, UpstreamUnavailable
+from .base import END_OF_SPEECH, KEEPALIVE, UpstreamChunk, UpstreamTurn, VariablesUpdate
+
+log = structlog.get_logger(__name__)
+
+MAX_LINE_BYTES = 8 * 1024 * 1024
+_AUTH_CODES = {401, 403, 511, 514, 504000}
+
+PATHS = {
+    "legacy": {
+        "delete_record": "/api/core/chat/item/delete",
+        "delete_history": "/api/core/chat/delHistory",
+        "init": "/api/core/chat/init",
+    },
+    "v2": {
+        "delete_record": "/api/core/chat/record/delete",
+        "delete_history": "/api/core/chat/history/delHistory",
+        "init": "/api/core/chat/init",
+    },
+}
+
+
+class FastGPTClient:
+    name = "fastgpt"
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        api_key: str,
+        app_id: str,
+        paths: str = "legacy",
+        connect_timeout: float = 3.0,
+    ) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._app_id = app_id
+        self._paths = PATHS[paths]
+        # No total deadline: the turn engine owns first-token, idle and turn deadlines.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
+
+    def __repr__(self) -> str:
+        return f"FastGPTClient(base_url={self._base!r}, app_id={self._app_id!r})"
+
+    # -- turns -----------------------------------------------------------------------------
+
+    async def stream(self, turn: UpstreamTurn) -> AsyncIterator[UpstreamChunk]:
+        body = {
+            "chatId": turn.session_id,
+            "stream": True,
+            "detail": True,
+            "responseChatItemId": turn.ai_record_id,
+            "variables": dict(turn.variables),
+            "messages": [{"role": "user", "content": turn.text, "dataId": turn.human_record_id}],
+        }
+        response = await self._post_completions(orjson.dumps(body))
+        async with response:
+            if response.status != 200:
+                raise _envelope_error(response.status, await _read_small(response))
+            if "text/event-stream" not in response.headers.get("Content-Type", ""):
+                raise _frame_or_envelope_error(await _read_small(response))
+            ended = False
+            async for event, data in _frames(response):
+                if ended:
+                    if data == b"[DONE]":
+                        return
+                    continue
+                chunk = _chunk_of(event, data)
+                if chunk is END_OF_SPEECH:
+                    ended = True
+                    yield END_OF_SPEECH
+                    continue
+                if chunk is None:  # [DONE] before workflowDuration
+                    return
+                yield chunk
+            if not ended:
+                raise UpstreamProtocol("FastGPT closed the stream before [DONE]")
+
+    async def _post_completions(self, body: bytes) -> aiohttp.ClientResponse:
+        url = f"{self._base}/api/v1/chat/completions"
+        headers = {**self._headers, "Content-Type": "application/json"}
+        for attempt in (1, 2):
+            try:
+                return await self._http.post(url, data=body, headers=headers, timeout=self._timeout)
+            except aiohttp.ClientConnectorError as e:
+                # Nothing reached FastGPT: safe to try once more.
+                if attempt == 2:
+                    raise UpstreamUnavailable(f"cannot connect to FastGPT: {e.os_error.strerror or e}") from e
+            except TimeoutError as e:
+                if attempt == 2:
+                    raise UpstreamUnavailable("connecting to FastGPT timed out") from e
+            except aiohttp.ClientError as e:
+                raise UpstreamProtocol(f"FastGPT request failed: {e}") from e
+        raise AssertionError("unreachable")
+
+    # -- records and sessions --------------------------------------------------------------
+
+    async def delete_records(self, session_id: str, record_ids: list[str]) -> None:
+        for record_id in record_ids:
+            await self._envelope(
+                "DELETE",
+                self._paths["delete_record"],
+                {"appId": self._app_id, "chatId": session_id, "contentId": record_id},
+            )
+
+    async def delete_session(self, session_id: str) -> None:
+        await self._envelope("DELETE", self._paths["delete_history"], {"appId": self._app_id, "chatId": session_id})
+
+    async def check_ready(self) -> None:
+        await self._envelope("GET", self._paths["init"], {"appId": self._app_id, "chatId": "callagent-readyz"})
+
+    async def _envelope(self, method: str, path: str, query: dict[str, str]) -> Any:
+        try:
+            async with self._http.request(
+                method, self._base + path, params=query, headers=self._headers, timeout=self._timeout
+            ) as response:
+                raw = await _read_small(response)
+        except aiohttp.ClientConnectorError as e:
+            raise UpstreamUnavailable(f"cannot connect to FastGPT: {e.os_error.strerror or e}") from e
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise UpstreamUnavailable(f"FastGPT request failed: {e!r}") from e
+        if response.status != 200:
+            raise _envelope_error(response.status, raw)
+        try:
+            envelope = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocol(f"FastGPT answered {path} with non-JSON") from None
+        if not isinstance(envelope, dict) or envelope.get("code") != 200:
+            raise _envelope_error(200, raw)
+        return envelope.get("data")
+
+
+# -- stream parsing -------------------------------------------------------------------------
+
+
+async def _frames(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes | None, bytes]]:
+    """(event name or None, data) for every ``data:`` line of an SSE body."""
+    event: bytes | None = None
+    pending = b""
+    async for block in response.content.iter_any():
+        if pending:
+            block = pending + block
+        lines = block.split(b"\n")
+        pending = lines.pop()
+        if len(pending) > MAX_LINE_BYTES:
+            raise UpstreamProtocol("FastGPT sent an overlong line")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield event, line[5:].strip()
+                event = None
+            elif line.startswith(b"event:"):
+                event = line[6:].strip()
+    if pending.startswith(b"data:"):
+        yield event, pending[5:].strip()
+
+
+def _chunk_of(event: bytes | None, data: bytes) -> UpstreamChunk | None:
+    """What one frame means for the turn; ``None`` means the stream is complete."""
+    if event in (b"answer", b"fastAnswer", None):
+        if data == b"[DONE]":
+            return None
+        payload = _json(data)
+        try:
+            content = payload["choices"][0]["delta"].get("content")
+        except (TypeError, KeyError, IndexError, AttributeError):
+            return KEEPALIVE
+        return content if isinstance(content, str) and content else KEEPALIVE
+    if event == b"workflowDuration":
+        return END_OF_SPEECH
+    if event == b"updateVariables":
+        payload = _json(data)
+        return VariablesUpdate(payload) if isinstance(payload, dict) else KEEPALIVE
+    if event == b"error":
+        raise _stream_error(_json(data))
+    if event == b"interactive":
+        return _interactive_speech(_json(data)) or KEEPALIVE
+    return KEEPALIVE
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        log.warning("fastgpt_bad_frame", data=data[:200].decode(errors="replace"))
+        return None
+
+
+def _interactive_speech(payload: Any) -> str:
+    """A userSelect node, spoken: its description, then the options to choose from."""
+    try:
+        params = payload["interactive"]["params"]
+    except (TypeError, KeyError):
+        return ""
+    description = str(params.get("description") or "")
+    options = [str(o.get("value")) for o in params.get("userSelectOptions") or () if isinstance(o, dict)]
+    return description + ("可选：" + "、".join(options) + "。" if options else "")
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+async def _read_small(response: aiohttp.ClientResponse, limit: int = 64 * 1024) -> bytes:
+    return await response.content.read(limit)
+
+
+def _stream_error(payload: Any) -> UpstreamError:
+    if not isinstance(payload, dict):
+        return UpstreamError("FastGPT reported an error")
+    message = str(payload.get("message") or payload.get("statusText") or "FastGPT reported an error")
+    if payload.get("code") in _AUTH_CODES:
+        return UpstreamAuth(f"FastGPT refused the request: {message}")
+    return UpstreamError(f"FastGPT: {message}")
+
+
+def _frame_or_envelope_error(raw: bytes) -> UpstreamError:
+    """A non-SSE body where a stream was expected: an ``event: error`` frame or an envelope."""
+    for line in raw.split(b"\n"):
+        if line.startswith(b"data:"):
+            return _stream_error(_json(line[5:].strip()))
+    return _envelope_error(200, raw)
+
+
+def _envelope_error(status: int, raw: bytes) -> UpstreamError:
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = None
+    if isinstance(payload, dict):
+        error = _stream_error(payload)
+        if status in _AUTH_CODES:
+            return UpstreamAuth(error.msg)
+        return error
+    if status in _AUTH_CODES:
+        return UpstreamAuth(f"FastGPT refused the request (HTTP {status})")
+    return UpstreamError(f"FastGPT answered HTTP {status}")

@@ -1,0 +1,93 @@
+"""The application factory: settings in, a ready ``web.Application`` out.
+
+Resources are opened and closed by cleanup contexts, in this order: store, upstream (with
+the process's one pooled HTTP client session), turn engine. Shutdown first lets running
+turns finish (up to ``CALLAGENT_SHUTDOWN_TIMEOUT``), then closes every WebSocket with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import WSCloseCode, web
+
+from ..events import dumps
+from ..metrics import Metrics
+from ..settings import Settings
+from ..stages import StageTable
+from ..store import create_store
+from ..turns import TurnEngine
+from ..upstream.base import Upstream
+from . import http, ws
+from .keys import ENGINE, METRICS, SETTINGS, SOCKETS, STAGES, STORE, UPSTREAM
+from .middlewares import api_key_auth, json_errors, request_context
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings.from_env()
+    middlewares = [request_context, json_errors]
+    if settings.api_keys:
+        middlewares.append(api_key_auth(tuple(k.value for k in settings.api_keys)))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[STAGES] = StageTable.load(settings.stages_file or None)
+    app[SOCKETS] = weakref.WeakSet()
+    app.cleanup_ctx.extend([store_ctx, upstream_ctx, engine_ctx])
+    app.on_shutdown.append(drain_then_close_sockets)
+    app.router.add_routes(http.routes)
+    app.router.add_get("/ws", ws.websocket)
+    return app
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = create_store(settings.store, transcript_ttl=settings.transcript_ttl)
+    await store.open()
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    upstream: Upstream
+    if settings.upstream == "fastgpt":
+        from ..upstream.fastgpt import FastGPTClient
+
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        async with aiohttp.ClientSession(connector=connector, json_serialize=dumps) as session:
+            app[UPSTREAM] = FastGPTClient(
+                session,
+                base_url=settings.fastgpt_base_url,
+                api_key=settings.fastgpt_api_key.value,
+                app_id=settings.fastgpt_app_id,
+                paths=settings.fastgpt_paths,
+                connect_timeout=settings.connect_timeout,
+            )
+            yield
+        return
+    from ..upstream.local import LocalAgent
+
+    app[UPSTREAM] = LocalAgent(settings.local_script or None, chunk_delay=settings.local_chunk_delay)
+    yield
+
+
+async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    engine = TurnEngine(app[SETTINGS], app[STORE], app[UPSTREAM], app[STAGES], app[METRICS])
+    app[ENGINE] = engine
+    yield
+    await engine.close()
+
+
+async def drain_then_close_sockets(app: web.Application) -> None:
+    if ENGINE in app:
+        await app[ENGINE].close(timeout=app[SETTINGS].shutdown_timeout)
+    sockets = list(app[SOCKETS])
+    await asyncio.gather(
+        *(s.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for s in sockets),
+        return_exceptions=True,
+    )

@@ -1,0 +1,187 @@
+"""HTTP handlers: parse and check the request, hand it to the turn engine or the store, encode.
+
+``POST /chat`` serves both the folded JSON reply and the SSE stream; everything else is a
+session operation or an operational endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from ..errors import CallagentError, SessionNotFound
+from ..events import FoldedReply, dumps, sse_frame
+from ..segment import SegmentOptions
+from ..turns import TurnRequest
+from . import validation as v
+from .keys import ENGINE, METRICS, SETTINGS, STORE, UPSTREAM
+
+routes = web.RouteTableDef()
+
+
+def ok(data: dict[str, Any], **extra: Any) -> web.Response:
+    body = {"code": "200", "msg": "success", "sessionId": data["sessionId"], "timeStamp": v.time_stamp(data)}
+    body.update(extra)
+    return web.json_response(body, dumps=dumps)
+
+
+async def request_data(request: web.Request) -> dict[str, Any]:
+    """The JSON body; for GET (and a DELETE without a body) the query string."""
+    if request.method == "GET" or (not request.body_exists and request.query):
+        return dict(request.query)
+    return await v.json_body(request)
+
+
+async def known_session(request: web.Request, data: dict[str, Any]) -> str:
+    session_id = v.session_id(data)
+    if not await request.app[STORE].session_exists(session_id):
+        raise SessionNotFound(f"unknown session {session_id}")
+    return session_id
+
+
+def segment_options(mode: str | None) -> SegmentOptions | None:
+    if mode in (None, "", "none"):
+        return None
+    if mode == "clause":
+        return SegmentOptions()
+    raise v.InvalidRequest("segment: must be 'none' or 'clause'")
+
+
+# -- turns ----------------------------------------------------------------------------------
+
+
+@routes.post("/chat")
+async def chat(request: web.Request) -> web.StreamResponse:
+    data = await v.json_body(request)
+    settings = request.app[SETTINGS]
+    stream = request.query.get("stream", "").lower() in ("1", "true", "yes") or v.flag(data, "stream")
+    turn_request = TurnRequest(
+        session_id=v.session_id(data),
+        text=v.required_str(data, "text", settings.max_text_chars),
+        time_stamp=v.time_stamp(data),
+        transport="sse" if stream else "http",
+        segment=segment_options(request.query.get("segment")) if stream else None,
+    )
+    if stream:
+        return await _chat_sse(request, turn_request)
+    return await _chat_json(request, data, turn_request)
+
+
+async def _chat_json(request: web.Request, data: dict[str, Any], turn_request: TurnRequest) -> web.Response:
+    reply = FoldedReply()
+    async with request.app[ENGINE].turn(turn_request) as turn:
+        async for event in turn.events():
+            reply.add(event)
+    if reply.error is not None and not request.app[SETTINGS].fallback_enabled:
+        error = CallagentError(reply.error.msg)
+        error.status, error.type = int(reply.error.code), reply.error.type
+        raise error
+    extra: dict[str, Any] = {
+        "turnId": turn.id,
+        "nextStageCode": reply.stage.code if reply.stage else "",
+        "nextStage": reply.stage.name if reply.stage else "",
+        "text": "".join(reply.text),
+    }
+    if reply.done is not None:
+        extra["status"] = reply.done.status
+        extra["latency"] = reply.done.latency
+    if reply.error is not None:
+        extra["status"] = "failed"
+        extra["error"] = reply.error.fields()
+    return ok(data, **extra)
+
+
+async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.StreamResponse:
+    app = request.app
+    metrics = app[METRICS]
+    async with app[ENGINE].turn(turn_request) as turn:
+        async with sse_response(
+            request, sep="\n", allow_all_methods=True, ping_interval=app[SETTINGS].sse_ping_interval
+        ) as sse:
+            metrics.open_streams.inc()
+            try:
+                seq = 0
+                async for event in turn.events():
+                    seq += 1
+                    await sse.write(sse_frame(event, turn.id, seq))
+            except (ConnectionResetError, RuntimeError):
+                pass  # the gateway went away; leaving the block cancels the turn
+            finally:
+                metrics.open_streams.dec()
+    return sse
+
+
+@routes.post("/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    data = await v.json_body(request)
+    session_id = await known_session(request, data)
+    spoken = v.optional_str(data, "spokenText", request.app[SETTINGS].max_text_chars)
+    engine = request.app[ENGINE]
+    cancelled = await engine.cancel(session_id, spoken)
+    if not cancelled:
+        cancelled = await request.app[STORE].lease_owner(session_id) is not None
+    return ok(data, cancelled=cancelled)
+
+
+# -- session operations ---------------------------------------------------------------------
+
+
+@routes.post("/set_info")
+async def set_info(request: web.Request) -> web.Response:
+    data = await v.json_body(request)
+    session_id = v.session_id(data)
+    await request.app[STORE].set_variables(session_id, {v.variable_key(data): v.variable_value(data)})
+    return ok(data)
+
+
+@routes.post("/get_info")
+@routes.get("/get_info")
+async def get_info(request: web.Request) -> web.Response:
+    data = await request_data(request)
+    session_id = await known_session(request, data)
+    variables = await request.app[STORE].get_variables(session_id)
+    key = v.optional_str(data, "key", v.MAX_KEY_CHARS)
+    if key is not None:
+        return ok(data, key=key, value=variables.get(key))
+    return ok(data, info=variables)
+
+
+@routes.post("/delete_last_turn")
+async def delete_last_turn(request: web.Request) -> web.Response:
+    data = await v.json_body(request)
+    session_id = await known_session(request, data)
+    deleted = await request.app[ENGINE].delete_last_turn(session_id)
+    return ok(data, turnId=deleted)
+
+
+@routes.delete("/delete_session")
+@routes.post("/delete_session")
+async def delete_session(request: web.Request) -> web.Response:
+    data = await request_data(request)
+    session_id = await known_session(request, data)
+    await request.app[ENGINE].delete_session(session_id)
+    return ok(data)
+
+
+# -- operations -----------------------------------------------------------------------------
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"}, dumps=dumps)
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    await request.app[STORE].ping()
+    await request.app[UPSTREAM].check_ready()
+    return web.json_response({"status": "ready"}, dumps=dumps)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+

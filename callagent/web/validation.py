@@ -1,0 +1,109 @@
+"""Request bodies and WebSocket frames: parse and check, or raise ``InvalidRequest``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..errors import InvalidRequest, MalformedJSON, PayloadTooLarge
+
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+MAX_KEY_CHARS = 128
+MAX_VALUE_BYTES = 16 * 1024
+_SCALARS = (str, int, float, bool, type(None))
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body larger than {request.client_max_size} bytes") from None
+    return parse_object(raw)
+
+
+def parse_object(raw: bytes | str) -> dict[str, Any]:
+    if not raw:
+        raise MalformedJSON("request body must be a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise MalformedJSON(f"malformed JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise MalformedJSON("request body must be a JSON object")
+    return data
+
+
+def session_id(data: Mapping[str, Any], field: str = "sessionId") -> str:
+    value = data.get(field)
+    if value is None:
+        raise InvalidRequest(f"{field}: field required")
+    if not isinstance(value, str) or not SESSION_ID_RE.fullmatch(value):
+        raise InvalidRequest(f"{field}: 1 to 128 characters of A-Z a-z 0-9 _ . : -")
+    return value
+
+
+def optional_str(data: Mapping[str, Any], field: str, max_chars: int = 256) -> str | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field}: must be a string")
+    if len(value) > max_chars:
+        raise InvalidRequest(f"{field}: longer than {max_chars} characters")
+    return value
+
+
+def required_str(data: Mapping[str, Any], field: str, max_chars: int) -> str:
+    value = optional_str(data, field, max_chars)
+    if value is None:
+        raise InvalidRequest(f"{field}: field required")
+    return value
+
+
+def time_stamp(data: Mapping[str, Any]) -> str:
+    value = data.get("timeStamp")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return optional_str(data, "timeStamp", 64) or ""
+
+
+def variable_key(data: Mapping[str, Any]) -> str:
+    key = required_str(data, "key", MAX_KEY_CHARS)
+    if not key:
+        raise InvalidRequest("key: must not be empty")
+    return key
+
+
+def variable_value(data: Mapping[str, Any]) -> Any:
+    if "value" not in data:
+        raise InvalidRequest("value: field required")
+    value = data["value"]
+    if not isinstance(value, _SCALARS):
+        raise InvalidRequest("value: must be a string, number, boolean or null")
+    if isinstance(value, str) and len(value.encode()) > MAX_VALUE_BYTES:
+        raise InvalidRequest(f"value: larger than {MAX_VALUE_BYTES} bytes")
+    return value
+
+
+def variables(data: Mapping[str, Any], field: str = "variables") -> dict[str, Any]:
+    value = data.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field}: must be an object")
+    for key, item in value.items():
+        if len(key) > MAX_KEY_CHARS or not key:
+            raise InvalidRequest(f"{field}: keys must be 1 to {MAX_KEY_CHARS} characters")
+        variable_value({"value": item})
+    return value
+
+
+def flag(data: Mapping[str, Any], field: str) -> bool:
+    value = data.get(field, False)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{field}: must be true or false")
+    return value

@@ -1,0 +1,218 @@
+"""``GET /ws``: the telephony gateway's socket. One call per socket, or many multiplexed.
+
+Only the handler task reads the socket. Everything sent goes through one bounded outbox
+drained by one writer task; a gateway that stops reading fills the outbox and is
+disconnected (logged) instead of growing our memory. Each turn started on the socket gets a
+small pump task that turns its events into messages; the socket owns those tasks and
+cancels them, and their turns, when it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import WSMsgType, web
+
+from ..errors import CallagentError, InvalidRequest, SessionNotFound
+from ..events import ws_message
+from ..turns import Turn, TurnRequest
+from . import validation as v
+from .http import segment_options
+from .keys import ENGINE, METRICS, SETTINGS, SOCKETS, STORE
+
+log = structlog.get_logger("callagent.ws")
+
+MAX_FRAME_BYTES = 1024 * 1024  # larger frames close the socket (1009); smaller oversize ones get an error
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    settings = request.app[SETTINGS]
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat, max_msg_size=MAX_FRAME_BYTES)
+    await ws.prepare(request)
+    sockets, metrics = request.app[SOCKETS], request.app[METRICS]
+    sockets.add(ws)
+    metrics.open_sockets.inc()
+    try:
+        await GatewaySocket(request, ws).serve()
+    finally:
+        metrics.open_sockets.dec()
+        sockets.discard(ws)
+    return ws
+
+
+class GatewaySocket:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+        app = request.app
+        self.request = request
+        self.ws = ws
+        self.settings = app[SETTINGS]
+        self.engine = app[ENGINE]
+        self.store = app[STORE]
+        self.session_id: str | None = None
+        self.segments: dict[str, Any] = {}
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.settings.ws_send_queue)
+        self.seq = 0
+        self.pumps: dict[str, asyncio.Task[None]] = {}  # turn id -> pump
+        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+            "start": self.on_start,
+            "chat": self.on_chat,
+            "interrupt": self.on_interrupt,
+            "set_info": self.on_set_info,
+            "get_info": self.on_get_info,
+            "delete_last_turn": self.on_delete_last_turn,
+            "ping": self.on_ping,
+        }
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        writer = asyncio.create_task(self.write_loop(), name="ws-writer")
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self.handle(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self.send_error(InvalidRequest("binary frames are not accepted: send JSON text frames"))
+        finally:
+            pumps = list(self.pumps.values())
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def handle(self, raw: str) -> None:
+        kind = None
+        try:
+            if len(raw) > self.settings.max_body_bytes:
+                raise InvalidRequest(f"frame larger than {self.settings.max_body_bytes} bytes")
+            msg = v.parse_object(raw)
+            kind = msg.get("type")
+            handler = self.handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise InvalidRequest(f"type: must be one of {', '.join(self.handlers)}")
+            await handler(msg)
+        except CallagentError as e:
+            self.send_error(e, kind if isinstance(kind, str) else None)
+
+    def session_of(self, msg: dict[str, Any]) -> str:
+        if msg.get("sessionId") is not None:
+            return v.session_id(msg)
+        if self.session_id is None:
+            raise InvalidRequest("sessionId: field required (or send `start` first)")
+        return self.session_id
+
+    async def known_session(self, msg: dict[str, Any]) -> str:
+        session_id = self.session_of(msg)
+        if not await self.store.session_exists(session_id):
+            raise SessionNotFound(f"unknown session {session_id}")
+        return session_id
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def on_start(self, msg: dict[str, Any]) -> None:
+        session_id = v.session_id(msg)
+        variables = v.variables(msg)
+        segment = segment_options(v.optional_str(msg, "segment", 16))
+        self.session_id = session_id
+        self.segments[session_id] = segment
+        if variables:
+            await self.store.set_variables(session_id, variables)
+        self.send({"type": "ack", "for": "start", "sessionId": session_id})
+
+    async def on_chat(self, msg: dict[str, Any]) -> None:
+        session_id = self.session_of(msg)
+        text = v.required_str(msg, "text", self.settings.max_text_chars)
+        turn_id = msg.get("turnId")
+        if turn_id is not None and (not isinstance(turn_id, str) or not v.SESSION_ID_RE.fullmatch(turn_id)):
+            raise InvalidRequest("turnId: 1 to 128 characters of A-Z a-z 0-9 _ . : -")
+        if turn_id is not None and turn_id in self.pumps:
+            raise InvalidRequest(f"turnId: {turn_id} is already running")
+        turn = self.engine.start(
+            TurnRequest(session_id, text, transport="ws", turn_id=turn_id, segment=self.segments.get(session_id))
+        )
+        self.pumps[turn.id] = asyncio.create_task(self.pump(turn), name=f"ws-pump-{turn.id}")
+
+    async def pump(self, turn: Turn) -> None:
+        try:
+            async for event in turn.events():
+                self.send(ws_message(event, turn.id, 0))
+        finally:
+            if not turn.done:
+                turn.cancel()
+                await asyncio.shield(turn.wait())
+            self.pumps.pop(turn.id, None)
+
+    async def on_interrupt(self, msg: dict[str, Any]) -> None:
+        session_id = self.session_of(msg)
+        turn_id = v.optional_str(msg, "turnId", 128)
+        spoken = v.optional_str(msg, "spokenText", self.settings.max_text_chars)
+        turn = self.engine.running(session_id)
+        cancelled = False
+        if turn is not None and turn_id in (None, turn.id):
+            cancelled = turn.cancel(spoken)
+            pump = self.pumps.get(turn.id)
+            # Wait until the turn's `done` is queued, so nothing of it follows the ack.
+            await asyncio.shield(pump if pump is not None else turn.wait())
+            turn_id = turn.id
+        elif turn is None:
+            cancelled = await self.engine.cancel(session_id, spoken, turn_id)
+            if not cancelled and spoken is not None:
+                await self.engine.record_spoken_text(session_id, spoken, turn_id)
+        self.send({"type": "ack", "for": "interrupt", "sessionId": session_id, "turnId": turn_id, "cancelled": cancelled})
+
+    async def on_set_info(self, msg: dict[str, Any]) -> None:
+        session_id = self.session_of(msg)
+        key, value = v.variable_key(msg), v.variable_value(msg)
+        await self.store.set_variables(session_id, {key: value})
+        self.send({"type": "ack", "for": "set_info", "sessionId": session_id, "key": key})
+
+    async def on_get_info(self, msg: dict[str, Any]) -> None:
+        session_id = await self.known_session(msg)
+        variables = await self.store.get_variables(session_id)
+        key = v.optional_str(msg, "key", v.MAX_KEY_CHARS)
+        if key is not None:
+            self.send({"type": "info", "sessionId": session_id, "key": key, "value": variables.get(key)})
+        else:
+            self.send({"type": "info", "sessionId": session_id, "info": variables})
+
+    async def on_delete_last_turn(self, msg: dict[str, Any]) -> None:
+        session_id = await self.known_session(msg)
+        deleted = await self.engine.delete_last_turn(session_id)
+        self.send({"type": "ack", "for": "delete_last_turn", "sessionId": session_id, "turnId": deleted})
+
+    async def on_ping(self, msg: dict[str, Any]) -> None:
+        self.send({"type": "pong", "t": msg.get("t")})
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.seq += 1
+        msg["seq"] = self.seq
+        try:
+            self.outbox.put_nowait(msg)
+        except asyncio.QueueFull:
+            if not self.ws.closed:
+                log.warning("ws_slow_consumer", queued=self.outbox.qsize(), reason="gateway is not reading")
+                if self.request.transport is not None:
+                    self.request.transport.abort()
+
+    def send_error(self, error: CallagentError, reply_to: str | None = None) -> None:
+        msg: dict[str, Any] = {"type": "error", "code": str(error.status), "msg": error.msg, "error": error.type}
+        if reply_to:
+            msg["replyTo"] = reply_to
+        self.send(msg)
+
+    async def write_loop(self) -> None:
+        while True:
+            msg = await self.outbox.get()
+            if self.ws.closed:
+                continue
+            try:
+                await self.ws.send_str(orjson.dumps(msg).decode())
+            except ConnectionResetError:
+                return

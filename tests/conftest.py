@@ -1,0 +1,89 @@
+"""Shared fixtures: the real app over real sockets, the FastGPT emulator on a real port."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from callagent.settings import Settings
+from callagent.web.app import create_app
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+import fastgpt_emulator  # noqa: E402
+
+MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def emulator_app() -> Any:
+    return fastgpt_emulator.create_emulator_app()
+
+
+@pytest.fixture
+async def emulator_server(aiohttp_server: Any, emulator_app: Any) -> TestServer:
+    return await aiohttp_server(emulator_app)
+
+
+@pytest.fixture
+def emulator(emulator_server: TestServer) -> Any:
+    """The emulator's recorded state (requests, chats, streams) and run-time knobs."""
+    return emulator_server.app[fastgpt_emulator.EMULATOR]
+
+
+@pytest.fixture
+def fastgpt_settings(emulator_server: TestServer, tmp_path: Path) -> Settings:
+    return Settings(
+        upstream="fastgpt",
+        fastgpt_base_url=str(emulator_server.make_url("")).rstrip("/"),
+        fastgpt_api_key="fastgpt-test",  # type: ignore[arg-type]
+        fastgpt_app_id="app1",
+        store=f"sqlite:///{tmp_path}/callagent.db",
+        first_token_timeout=5,
+        idle_timeout=5,
+        turn_timeout=20,
+    )
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any) -> MakeClient:
+    async def make(settings: Settings) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(settings))
+
+    return make
+
+
+@pytest.fixture
+async def fastgpt_client(make_client: MakeClient, fastgpt_settings: Settings) -> TestClient[Any, Any]:
+    """callagent on FastGPT (the emulator) with a SQLite file store."""
+    return await make_client(fastgpt_settings)
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> TestClient[Any, Any]:
+    """callagent on the embedded local agent with the in-memory store."""
+    return await make_client(Settings(upstream="local", store="memory://"))
+
+
+def body(session_id: str = "a1002", **fields: Any) -> dict[str, Any]:
+    return {"sessionId": session_id, "timeStamp": "202503310303", **fields}
+
+
+def parse_sse(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """SSE bytes -> [(event, data)], asserting the exact original framing on the way."""
+    assert b"\r" not in raw, "frames must be LF-separated"
+    frames = []
+    for block in raw.decode().split("\n\n"):
+        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
+        if not lines:
+            continue
+        assert len(lines) == 2, f"expected `event:` then one `data:` line, got {lines!r}"
+        assert lines[0].startswith("event: ") and lines[1].startswith("data: "), lines
+        frames.append((lines[0][7:], orjson.loads(lines[1][6:])))
+    return frames
