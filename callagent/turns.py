@@ -170,6 +170,14 @@ class TurnEngine:
         await self.store.publish_cancel(session_id, spoken_text)
         return False
 
+    async def session_known(self, session_id: str) -> bool:
+        """True once the session has data, or while its first turn runs (here or elsewhere)."""
+        return (
+            self.running(session_id) is not None
+            or await self.store.session_exists(session_id)
+            or await self.store.lease_owner(session_id) is not None
+        )
+
     async def delete_last_turn(self, session_id: str) -> str | None:
         """Delete the last turn's two upstream records and undo the variables it set."""
         record = await self.store.last_turn(session_id)

@@ -36,7 +36,7 @@ async def request_data(request: web.Request) -> dict[str, Any]:
 
 async def known_session(request: web.Request, data: dict[str, Any]) -> str:
     session_id = v.session_id(data)
-    if not await request.app[STORE].session_exists(session_id):
+    if not await request.app[ENGINE].session_known(session_id):
         raise SessionNotFound(f"unknown session {session_id}")
     return session_id
 

@@ -108,7 +108,7 @@ class GatewaySocket:
 
     async def known_session(self, msg: dict[str, Any]) -> str:
         session_id = self.session_of(msg)
-        if not await self.store.session_exists(session_id):
+        if not await self.engine.session_known(session_id):
             raise SessionNotFound(f"unknown session {session_id}")
         return session_id
 
