@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import orjson
 import structlog
@@ -12,15 +13,14 @@ import structlog
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.typing.Processor
+    renderer: Any
+    logger_factory: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        factory: structlog.typing.WrapperClass | None = None
         logger_factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
         renderer = structlog.dev.ConsoleRenderer()
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
-    factory = structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()])
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -29,7 +29,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=factory,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,
     )

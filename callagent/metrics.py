@@ -12,15 +12,21 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.turns = Counter("callagent_turns", "Turns ended, by transport and status", ["transport", "status"], registry=r)
+        self.turns = Counter(
+            "callagent_turns", "Turns ended, by transport and status", ["transport", "status"], registry=r
+        )
         self.stage_codes = Counter("callagent_stage_codes", "Stage codes sent to gateways", ["code"], registry=r)
         self.upstream_errors = Counter("callagent_upstream_errors", "Failed turns, by error type", ["type"], registry=r)
         self.upstream_first_byte = Histogram(
-            "callagent_upstream_first_byte_seconds", "Turn start to the upstream's first chunk", buckets=_LATENCY_BUCKETS,
+            "callagent_upstream_first_byte_seconds",
+            "Turn start to the upstream's first chunk",
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.first_text = Histogram(
-            "callagent_first_text_seconds", "Turn start to the first text sent to the gateway", buckets=_LATENCY_BUCKETS,
+            "callagent_first_text_seconds",
+            "Turn start to the first text sent to the gateway",
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.turn_duration = Histogram(

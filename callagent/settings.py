@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ class Settings:
     port: int = 8000
     upstream: str = "local"
     fastgpt_base_url: str = ""
-    fastgpt_api_key: Secret = Secret("")
+    fastgpt_api_key: Secret = Secret("")  # noqa: RUF009 (immutable str subclass)
     fastgpt_app_id: str = ""
     # FastGPT CRUD path family: "legacy" (/api/core/chat/...) or "v2" (/history/, /record/).
     fastgpt_paths: str = "legacy"
@@ -179,8 +179,15 @@ def _validate(s: Settings) -> None:
         fail("FASTGPT_PATHS", "must be 'legacy' or 'v2'")
     if not _STORE_RE.match(s.store):
         fail("CALLAGENT_STORE", f"{s.store!r}: use sqlite:///path.db, redis://host:port/db or memory://")
-    for name in ("connect_timeout", "first_token_timeout", "idle_timeout", "turn_timeout", "sse_ping_interval",
-                 "ws_heartbeat", "shutdown_timeout"):
+    for name in (
+        "connect_timeout",
+        "first_token_timeout",
+        "idle_timeout",
+        "turn_timeout",
+        "sse_ping_interval",
+        "ws_heartbeat",
+        "shutdown_timeout",
+    ):
         if not getattr(s, name) > 0:
             fail(f"CALLAGENT_{name.upper()}", "must be a positive number of seconds")
     if s.local_chunk_delay < 0:

@@ -19,7 +19,7 @@ import re
 OPEN = "<state>"
 CLOSE = "</state>"
 MAX_CODE_CHARS = 32
-TAG_RE = re.compile(r"<state>([^<>]{0,%d})</state>" % MAX_CODE_CHARS)
+TAG_RE = re.compile(rf"<state>([^<>]{{0,{MAX_CODE_CHARS}}})</state>")
 
 
 def strip_tags(text: str) -> tuple[str, list[str]]:
@@ -34,7 +34,7 @@ def _could_become_tag(fragment: str) -> bool:
         return OPEN.startswith(fragment)
     if not fragment.startswith(OPEN):
         return False
-    rest = fragment[len(OPEN):]
+    rest = fragment[len(OPEN) :]
     lt = rest.find("<")
     code = rest if lt < 0 else rest[:lt]
     if len(code) > MAX_CODE_CHARS or ">" in code:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,7 +135,7 @@ class TurnEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lease_ttl = settings.connect_timeout + max(settings.first_token_timeout, settings.idle_timeout) + 5
         self._fallback_stage = stages.resolve(settings.fallback_stage)
-        store.on_cancel(self._cancel_local)
+        store.on_cancel(self._on_remote_cancel)
 
     # -- starting and stopping turns -------------------------------------------------------
 
@@ -214,16 +214,19 @@ class TurnEngine:
         turn = self._running.get(session_id)
         return turn if turn is not None and not turn.done else None
 
+    def _on_remote_cancel(self, session_id: str, spoken_text: str | None) -> None:
+        self._cancel_local(session_id, spoken_text)
+
     def _cancel_local(self, session_id: str, spoken_text: str | None, turn_id: str | None = None) -> bool:
         turn = self._running.get(session_id)
         if turn is None or (turn_id is not None and turn.id != turn_id):
             return False
         return turn.cancel(spoken_text)
 
-    async def close(self, timeout: float = 0.0) -> None:
-        """Let running turns finish for up to ``timeout`` seconds, then cancel the rest."""
-        if self._tasks and timeout > 0:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+    async def close(self, grace: float = 0.0) -> None:
+        """Let running turns finish for up to ``grace`` seconds, then cancel the rest."""
+        if self._tasks and grace > 0:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         for turn in list(self._running.values()):
             turn.cancel()
         if self._tasks:
@@ -244,7 +247,7 @@ class TurnEngine:
             transport=turn.request.transport,
             received_at=time.time(),
         )
-        chunks: AsyncIterator[UpstreamChunk] | None = None
+        chunks: AsyncGenerator[UpstreamChunk, None] | None = None
         error: CallagentError | None = None
         leased = False
         status = "completed"
@@ -297,13 +300,14 @@ class TurnEngine:
         raise SessionBusy(f"session {turn.session_id} is still running a turn elsewhere")
 
     async def _relay(
-        self, turn: Turn, chunks: AsyncIterator[UpstreamChunk], progress: _Progress, variables: dict[str, Any]
+        self, turn: Turn, chunks: AsyncGenerator[UpstreamChunk, None], progress: _Progress, variables: dict[str, Any]
     ) -> None:
         """Upstream chunks -> events, until the reply is complete."""
         s = self.settings
         loop = asyncio.get_running_loop()
         parser = StateTagParser()
-        segmenter = ClauseSegmenter(turn.request.segment) if turn.request.segment else None
+        segment = turn.request.segment
+        segmenter = ClauseSegmenter(segment) if segment else None
         first_token_at = progress.started + s.first_token_timeout
         lease_renew_at = loop.time() + self._lease_ttl / 3
         flush_handle: asyncio.TimerHandle | None = None
@@ -319,23 +323,23 @@ class TurnEngine:
         def flush_segment() -> None:
             nonlocal flush_handle
             flush_handle = None
-            assert segmenter is not None
+            assert segmenter is not None and segment is not None
             emit_text(segmenter.flush_pending())
             if segmenter.has_pending:
-                flush_handle = loop.call_later(segmenter.options.flush_delay, flush_segment)
+                flush_handle = loop.call_later(segment.flush_delay, flush_segment)
 
         def speak(text: str) -> None:
             nonlocal flush_handle
-            if segmenter is None:
+            if segmenter is None or segment is None:
                 emit_text(text)
                 return
             for clause in segmenter.feed(text):
                 emit_text(clause)
             if segmenter.has_pending and flush_handle is None:
-                flush_handle = loop.call_later(segmenter.options.flush_delay, flush_segment)
+                flush_handle = loop.call_later(segment.flush_delay, flush_segment)
 
         try:
-            async with asyncio.timeout(min(first_token_at, progress.deadline)) as deadline:
+            async with asyncio.timeout_at(min(first_token_at, progress.deadline)) as deadline:
                 async for chunk in chunks:
                     now = loop.time()
                     if progress.first_byte is None:
@@ -422,7 +426,7 @@ class TurnEngine:
         except CallagentError as e:
             log.warning("interrupted_records_not_deleted", session_id=turn.session_id, turn_id=turn.id, error=e.msg)
 
-    async def _drain(self, chunks: AsyncIterator[UpstreamChunk]) -> None:
+    async def _drain(self, chunks: AsyncGenerator[UpstreamChunk, None]) -> None:
         """Read the rest of a finished reply (the upstream saves the chat meanwhile)."""
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT):
@@ -472,4 +476,3 @@ def _latency(progress: _Progress, now: float) -> dict[str, float | None]:
 
 def new_turn_id() -> str:
     return uuid.uuid4().hex[:16]
-

@@ -27,14 +27,19 @@ async def test_sse_frames_are_the_original_bytes(fastgpt_client: Any, emulator: 
     events = [name for name, _ in frames]
     assert events[0] == "stage_code" and events[-1] == "done"
     assert set(events[1:-1]) == {"text_delta"}
-    assert {k: frames[0][1][k] for k in ("nextStageCode", "nextStage")} == {"nextStageCode": "1002", "nextStage": "通话中"}
+    assert {k: frames[0][1][k] for k in ("nextStageCode", "nextStage")} == {
+        "nextStageCode": "1002",
+        "nextStage": "通话中",
+    }
     assert "".join(d["text"] for n, d in frames if n == "text_delta") == "您好，请问有人受伤吗？"
     assert frames[-1][1]["status"] == "completed"
     assert [d["seq"] for _, d in frames] == list(range(1, len(frames) + 1))
     assert len({d["turnId"] for _, d in frames}) == 1
     # The first frame on the wire is exactly the original's layout (extra fields appended).
     first = raw.split(b"\n\n")[0]
-    assert first.startswith(b'event: stage_code\ndata: {"nextStageCode":"1002","nextStage":"\xe9\x80\x9a\xe8\xaf\x9d\xe4\xb8\xad"')
+    assert first.startswith(
+        b'event: stage_code\ndata: {"nextStageCode":"1002","nextStage":"\xe9\x80\x9a\xe8\xaf\x9d\xe4\xb8\xad"'
+    )
 
 
 async def test_stream_flag_in_body_is_accepted(fastgpt_client: Any) -> None:
@@ -84,7 +89,9 @@ async def test_variables_round_trip_and_go_upstream(fastgpt_client: Any, emulato
 
 
 async def test_workflow_variables_are_mirrored_without_asking_fastgpt(fastgpt_client: Any, emulator: Any) -> None:
-    emulator.brain = fe.ScriptedBrain(lambda chat, text, variables: ["<state>1002</state>好的。", {"sjhm": "13812345678"}])
+    emulator.brain = fe.ScriptedBrain(
+        lambda chat, text, variables: ["<state>1002</state>好的。", {"sjhm": "13812345678"}]
+    )
     await fastgpt_client.post("/chat", json=body(text="13812345678"))
     before = len(emulator.requests)
     info = (await (await fastgpt_client.post("/get_info", json=body())).json())["info"]
@@ -97,7 +104,10 @@ async def test_delete_last_turn_deletes_exactly_its_two_records(fastgpt_client: 
     second = await (await fastgpt_client.post("/chat", json=body(text="第二句"))).json()
     chat = emulator.chat("a1002")
     assert [r["dataId"] for r in chat.records] == [
-        f"{first['turnId']}-q", f"{first['turnId']}-a", f"{second['turnId']}-q", f"{second['turnId']}-a",
+        f"{first['turnId']}-q",
+        f"{first['turnId']}-a",
+        f"{second['turnId']}-q",
+        f"{second['turnId']}-a",
     ]
     resp = await fastgpt_client.post("/delete_last_turn", json=body())
     assert (await resp.json())["turnId"] == second["turnId"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,7 +25,7 @@ def run(chunks: list[str]) -> tuple[list[str], list[str], list[str | StageTag]]:
 
 def cut(text: str, points: list[int]) -> list[str]:
     bounds = sorted({p % (len(text) + 1) for p in points} | {0, len(text)})
-    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 piece = st.one_of(

@@ -40,7 +40,7 @@ async def test_a_turn_streams_events_with_turn_id_and_seq(fastgpt_client: Any) -
     assert (await receive(ws))["type"] == "ack"
     await ws.send_json({"type": "chat", "text": "发生了交通事故"})
     msgs = await until(ws, is_terminal)
-    assert [m["type"] for m in msgs][0] == "stage_code" and msgs[-1]["type"] == "done"
+    assert msgs[0]["type"] == "stage_code" and msgs[-1]["type"] == "done"
     assert msgs[0]["nextStageCode"] == "1002" and msgs[0]["nextStage"] == "通话中"
     assert "".join(m["text"] for m in msgs if m["type"] == "text_delta") == "您好，请问有人受伤吗？"
     assert msgs[-1]["status"] == "completed" and set(msgs[-1]["latency"]) >= {"first_text_ms", "total_ms"}
@@ -87,7 +87,13 @@ async def test_interrupt_stops_the_turn_and_closes_upstream_at_once(
     assert msgs[-1]["for"] == "interrupt" and msgs[-1]["cancelled"] is True
     turn_id = msgs[-1]["turnId"]
     assert [m for m in msgs if m["type"] == "done"] == [
-        {"type": "done", "turnId": turn_id, "seq": msgs[-2]["seq"], "status": "cancelled", "latency": msgs[-2]["latency"]}
+        {
+            "type": "done",
+            "turnId": turn_id,
+            "seq": msgs[-2]["seq"],
+            "status": "cancelled",
+            "latency": msgs[-2]["latency"],
+        }
     ]
     (stream,) = emulator.streams
     await asyncio.wait_for(stream.closed.wait(), 1)
@@ -177,7 +183,9 @@ async def test_bad_frames_get_an_error_and_the_socket_stays_open(
     assert (await receive(ws))["t"] == "still-there"
 
 
-async def test_a_gateway_that_stops_reading_is_disconnected(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
+async def test_a_gateway_that_stops_reading_is_disconnected(
+    make_client: Any, fastgpt_settings: Any, emulator: Any
+) -> None:
     emulator.set_fault("big")
     emulator.chunk_chars = 2
     client = await make_client(fastgpt_settings.with_(ws_send_queue=16))

@@ -6,7 +6,7 @@ from .base import Store, TurnRecord
 from .memory import MemoryStore
 from .sqlite import SQLiteStore, sqlite_path
 
-__all__ = ["Store", "TurnRecord", "MemoryStore", "SQLiteStore", "create_store"]
+__all__ = ["MemoryStore", "SQLiteStore", "Store", "TurnRecord", "create_store"]
 
 
 def create_store(url: str, *, transcript_ttl: int = 7 * 24 * 3600) -> Store:

@@ -12,6 +12,7 @@ writer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections import OrderedDict
@@ -27,7 +28,7 @@ from .base import TurnRecord
 from .local import ProcessLocalLeases
 
 T = TypeVar("T")
-Write = Callable[[sqlite3.Connection], None]
+Write = Callable[[sqlite3.Connection], object]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -120,7 +121,7 @@ class SQLiteStore(ProcessLocalLeases):
             while len(batch) < _BATCH and not self._writes.empty():
                 batch.append(self._writes.get_nowait())
             try:
-                errors = await self._run(lambda: self._commit(batch))
+                errors = await self._run(functools.partial(self._commit, batch))
             except Exception as e:  # the whole transaction failed
                 errors = [e] * len(batch)
             for (_, done), error in zip(batch, errors, strict=True):

@@ -18,7 +18,7 @@ cancelling the task that iterates it must release the upstream connection at onc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -70,7 +70,7 @@ class Upstream(Protocol):
 
     name: str
 
-    def stream(self, turn: UpstreamTurn) -> AsyncIterator[UpstreamChunk]:
+    def stream(self, turn: UpstreamTurn) -> AsyncGenerator[UpstreamChunk, None]:
         """Run one turn; yield reply chunks as soon as they exist."""
         ...
 

@@ -12,7 +12,7 @@ and an EOF before either are failures, each with its own error type.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -67,7 +67,7 @@ class FastGPTClient:
 
     # -- turns -----------------------------------------------------------------------------
 
-    async def stream(self, turn: UpstreamTurn) -> AsyncIterator[UpstreamChunk]:
+    async def stream(self, turn: UpstreamTurn) -> AsyncGenerator[UpstreamChunk, None]:
         body = {
             "chatId": turn.session_id,
             "stream": True,
@@ -109,6 +109,7 @@ class FastGPTClient:
                 # Nothing reached FastGPT: safe to try once more.
                 if attempt == 2:
                     raise UpstreamUnavailable(f"cannot connect to FastGPT: {e.os_error.strerror or e}") from e
+                log.warning("fastgpt_connect_retry", error=str(e.os_error.strerror or e))
             except TimeoutError as e:
                 if attempt == 2:
                     raise UpstreamUnavailable("connecting to FastGPT timed out") from e
@@ -160,7 +161,14 @@ async def _frames(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes
     """(event name or None, data) for every ``data:`` line of an SSE body."""
     event: bytes | None = None
     pending = b""
-    async for block in response.content.iter_any():
+    blocks = response.content.iter_any().__aiter__()
+    while True:
+        try:
+            block = await blocks.__anext__()
+        except StopAsyncIteration:
+            break
+        except (aiohttp.ClientError, ConnectionError) as e:
+            raise UpstreamProtocol(f"FastGPT connection broke mid-stream: {e!r}") from e
         if pending:
             block = pending + block
         lines = block.split(b"\n")

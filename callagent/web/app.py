@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import WSCloseCode, web
+from aiohttp.typedefs import Middleware
 
 from ..events import dumps
 from ..metrics import Metrics
@@ -20,7 +21,6 @@ from ..settings import Settings
 from ..stages import StageTable
 from ..store import create_store
 from ..turns import TurnEngine
-from ..upstream.base import Upstream
 from . import http, ws
 from .keys import ENGINE, METRICS, SETTINGS, SOCKETS, STAGES, STORE, UPSTREAM
 from .middlewares import api_key_auth, json_errors, request_context
@@ -28,7 +28,7 @@ from .middlewares import api_key_auth, json_errors, request_context
 
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
-    middlewares = [request_context, json_errors]
+    middlewares: list[Middleware] = [request_context, json_errors]
     if settings.api_keys:
         middlewares.append(api_key_auth(tuple(k.value for k in settings.api_keys)))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
@@ -54,7 +54,6 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    upstream: Upstream
     if settings.upstream == "fastgpt":
         from ..upstream.fastgpt import FastGPTClient
 
@@ -85,9 +84,10 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def drain_then_close_sockets(app: web.Application) -> None:
     if ENGINE in app:
-        await app[ENGINE].close(timeout=app[SETTINGS].shutdown_timeout)
-    sockets = list(app[SOCKETS])
+        await app[ENGINE].close(grace=app[SETTINGS].shutdown_timeout)
+    sockets = app[SOCKETS]
+    snapshot = [ws for ws in sockets]  # the set shrinks while sockets close
     await asyncio.gather(
-        *(s.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for s in sockets),
+        *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in snapshot),
         return_exceptions=True,
     )

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from ..errors import CallagentError, SessionNotFound
+from ..errors import CallagentError, InvalidRequest, SessionNotFound
 from ..events import FoldedReply, dumps, sse_frame
 from ..segment import SegmentOptions
 from ..turns import TurnRequest
@@ -46,7 +46,7 @@ def segment_options(mode: str | None) -> SegmentOptions | None:
         return None
     if mode == "clause":
         return SegmentOptions()
-    raise v.InvalidRequest("segment: must be 'none' or 'clause'")
+    raise InvalidRequest("segment: must be 'none' or 'clause'")
 
 
 # -- turns ----------------------------------------------------------------------------------
@@ -96,20 +96,20 @@ async def _chat_json(request: web.Request, data: dict[str, Any], turn_request: T
 async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.StreamResponse:
     app = request.app
     metrics = app[METRICS]
-    async with app[ENGINE].turn(turn_request) as turn:
-        async with sse_response(
-            request, sep="\n", allow_all_methods=True, ping_interval=app[SETTINGS].sse_ping_interval
-        ) as sse:
-            metrics.open_streams.inc()
-            try:
-                seq = 0
-                async for event in turn.events():
-                    seq += 1
-                    await sse.write(sse_frame(event, turn.id, seq))
-            except (ConnectionResetError, RuntimeError):
-                pass  # the gateway went away; leaving the block cancels the turn
-            finally:
-                metrics.open_streams.dec()
+    async with (
+        app[ENGINE].turn(turn_request) as turn,
+        sse_response(request, sep="\n", allow_all_methods=True, ping_interval=app[SETTINGS].sse_ping_interval) as sse,
+    ):
+        metrics.open_streams.inc()
+        try:
+            seq = 0
+            async for event in turn.events():
+                seq += 1
+                await sse.write(sse_frame(event, turn.id, seq))
+        except (ConnectionResetError, RuntimeError):
+            pass  # the gateway went away; leaving the block cancels the turn
+        finally:
+            metrics.open_streams.dec()
     return sse
 
 
@@ -184,4 +184,3 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..errors import CallagentError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from ..events import dumps
@@ -62,7 +63,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(CallagentError("internal error"))
 
 
-def api_key_auth(keys: tuple[str, ...]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def api_key_auth(keys: tuple[str, ...]) -> Middleware:
     """``Authorization: Bearer <key>`` (WebSocket: or ``?token=``) on every route but /healthz."""
     encoded = [k.encode() for k in keys]
 

@@ -163,7 +163,9 @@ class GatewaySocket:
             cancelled = await self.engine.cancel(session_id, spoken, turn_id)
             if not cancelled and spoken is not None:
                 await self.engine.record_spoken_text(session_id, spoken, turn_id)
-        self.send({"type": "ack", "for": "interrupt", "sessionId": session_id, "turnId": turn_id, "cancelled": cancelled})
+        self.send(
+            {"type": "ack", "for": "interrupt", "sessionId": session_id, "turnId": turn_id, "cancelled": cancelled}
+        )
 
     async def on_set_info(self, msg: dict[str, Any]) -> None:
         session_id = self.session_of(msg)
