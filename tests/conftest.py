@@ -16,7 +16,7 @@ from callagent.web.app import create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import fastgpt_emulator  # noqa: E402
+import fastgpt_emulator
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -87,3 +87,26 @@ def parse_sse(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
         assert lines[0].startswith("event: ") and lines[1].startswith("data: "), lines
         frames.append((lines[0][7:], orjson.loads(lines[1][6:])))
     return frames
+
+
+# -- Redis: a real redis-server on a free loopback port (tests/redis_server.py) --------------
+
+from collections.abc import Iterator  # noqa: E402
+
+from .redis_server import RedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole run; tests that use it flush it first."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of an empty Redis."""
+    redis_server.flush()
+    return redis_server.url

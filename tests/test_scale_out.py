@@ -1,0 +1,347 @@
+"""Several callagent processes sharing one Redis, as behind a load balancer (no sticky sessions).
+
+Everything here is real and out of process: a ``redis-server``, the FastGPT emulator, and
+``python -m callagent serve`` instances with ``CALLAGENT_STORE=redis://...``, driven over HTTP.
+Small upstream timeouts keep the turn lease short (connect + max(first token, idle) + 5 s = 8 s),
+so the test of a dead owner waits for it to expire in reasonable time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .conftest import body, parse_sse
+from .redis_server import RedisServer, free_port, start_process, stop_process, wait_for_http
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK_DELAY = 0.05  # 4 characters a chunk: REPLY takes about 1.7 s to stream
+REPLY = "<state>1002</state>" + "您好，请问现场有没有人受伤？" * 8
+SPOKEN = REPLY.removeprefix("<state>1002</state>")
+LEASE_TTL = 1 + max(2, 2) + 5
+CANCEL_BOUND = 0.1  # seconds from the request on B to the end of A's stream
+FALLBACK_TEXT = "抱歉，系统暂时无法处理，正在为您转接人工客服，请稍候。"
+
+
+@dataclass
+class Process:
+    name: str
+    port: int
+    process: Popen[bytes]
+    log_path: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+
+def start_emulator(log_dir: Path, *replies: str, chunk_delay: float = CHUNK_DELAY) -> Process:
+    port = free_port()
+    args = [sys.executable, str(ROOT / "scripts" / "fastgpt_emulator.py"), "--port", str(port)]
+    args += ["--chunk-delay", str(chunk_delay)]
+    for reply in replies:
+        args += ["--reply", reply]
+    log_path = log_dir / f"emulator-{port}.log"
+    return Process("emulator", port, start_process(args, log_path), log_path)
+
+
+def start_callagent(name: str, log_dir: Path, redis_url: str, emulator: Process) -> Process:
+    port = free_port()
+    env = os.environ | {
+        "CALLAGENT_STORE": redis_url,
+        "CALLAGENT_UPSTREAM": "fastgpt",
+        "FASTGPT_BASE_URL": emulator.url(""),
+        "FASTGPT_API_KEY": "fastgpt-test",
+        "FASTGPT_APP_ID": "app1",
+        "CALLAGENT_LOG_FORMAT": "json",
+        "CALLAGENT_CONNECT_TIMEOUT": "1",
+        "CALLAGENT_FIRST_TOKEN_TIMEOUT": "2",
+        "CALLAGENT_IDLE_TIMEOUT": "2",
+        "CALLAGENT_SHUTDOWN_TIMEOUT": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    args = [sys.executable, "-m", "callagent", "serve", "--port", str(port), "--env-file", ""]
+    log_path = log_dir / f"callagent-{name}-{port}.log"
+    return Process(name, port, start_process(args, log_path, env=env, cwd=log_dir), log_path)
+
+
+def wait_ready(*processes: Process) -> None:
+    for p in processes:
+        path = "/__emulator/streams" if p.name == "emulator" else "/readyz"  # readyz: cancel channel subscribed
+        try:
+            wait_for_http(p.port, path, p.process)
+        except RuntimeError as e:
+            raise RuntimeError(f"{p.name} did not start: {e}\n{p.log_tail()}") from None
+
+
+@dataclass
+class Cluster:
+    redis: RedisServer
+    emulator: Process
+    a: Process
+    b: Process
+    c: Process  # the one the dead-owner test kills
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    log_dir = tmp_path_factory.mktemp("scale-out")
+    redis = RedisServer(log_dir)
+    processes: list[Process] = []
+    try:
+        redis.start()
+        emulator = start_emulator(log_dir, REPLY)
+        processes.append(emulator)
+        processes += [start_callagent(name, log_dir, redis.url, emulator) for name in "abc"]
+        wait_ready(*processes)
+        yield Cluster(redis, *processes)
+    finally:
+        for p in processes:
+            stop_process(p.process)
+        redis.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+class Stream:
+    """An SSE response read frame by frame, with the time each one arrived."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.frames: list[tuple[str, dict[str, Any]]] = []
+        self.ended_at: float | None = None
+
+    async def next(self) -> tuple[str, dict[str, Any]]:
+        while True:
+            block = await asyncio.wait_for(self.response.content.readuntil(b"\n\n"), 10)
+            assert block, f"the stream ended without a terminal event: {self.frames}"
+            frames = parse_sse(block)
+            if frames:
+                self.frames += frames
+                if frames[0][0] in ("done", "error"):
+                    self.ended_at = time.perf_counter()
+                return frames[0]
+
+    async def until(self, event: str) -> dict[str, Any]:
+        while True:
+            name, data = await self.next()
+            if name == event:
+                return data
+            assert name not in ("done", "error"), self.frames
+
+    async def rest(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every frame up to the terminal one."""
+        while self.ended_at is None:
+            await self.next()
+        assert await self.response.content.read() == b"", "nothing after the terminal event"
+        return self.frames
+
+    @property
+    def text(self) -> str:
+        return "".join(d["text"] for n, d in self.frames if n == "text_delta")
+
+
+async def stream_chat(http: aiohttp.ClientSession, instance: Process, session_id: str) -> Stream:
+    response = await http.post(instance.url("/chat?stream=true"), json=body(session_id, text="发生了交通事故"))
+    assert response.status == 200, await response.text()
+    return Stream(response)
+
+
+async def streaming_on(http: aiohttp.ClientSession, instance: Process, session_id: str) -> Stream:
+    """A turn on ``instance`` that has started speaking (so it holds the session's lease)."""
+    stream = await stream_chat(http, instance, session_id)
+    await stream.until("text_delta")
+    return stream
+
+
+async def emulator_streams(http: aiohttp.ClientSession, emulator: Process, chat_id: str) -> list[dict[str, Any]]:
+    async with http.get(emulator.url("/__emulator/streams")) as response:
+        return [s for s in await response.json() if s["chat_id"] == chat_id]
+
+
+async def upstream_outcomes(
+    http: aiohttp.ClientSession, emulator: Process, chat_id: str, expected: list[str]
+) -> list[dict[str, Any]]:
+    """The emulator's log of the chat's completions calls, once their outcomes are ``expected``."""
+    deadline = time.monotonic() + 5
+    while True:
+        streams = await emulator_streams(http, emulator, chat_id)
+        if [s["outcome"] for s in streams] == expected or time.monotonic() > deadline:
+            assert [s["outcome"] for s in streams] == expected, streams
+            return streams
+        await asyncio.sleep(0.02)
+
+
+async def post(http: aiohttp.ClientSession, instance: Process, path: str, **fields: Any) -> tuple[int, Any]:
+    async with http.post(instance.url(path), json=body(**fields)) as response:
+        return response.status, await response.json()
+
+
+def done_status(frames: list[tuple[str, dict[str, Any]]]) -> str:
+    name, data = frames[-1]
+    assert name == "done", frames
+    return str(data["status"])
+
+
+# -- sharing and cancelling across instances ----------------------------------------------------
+
+
+async def test_variables_set_on_one_instance_are_seen_on_the_other(cluster: Cluster, http: Any) -> None:
+    status, _ = await post(http, cluster.a, "/set_info", sessionId="vars-1", key="hphm1", value="沪A8939")
+    assert status == 200
+    status, got = await post(http, cluster.b, "/get_info", sessionId="vars-1", key="hphm1")
+    assert (status, got["value"]) == (200, "沪A8939")
+    status, got = await post(http, cluster.b, "/get_info", sessionId="vars-1")
+    assert got["info"] == {"hphm1": "沪A8939"}
+
+
+async def test_cancel_on_b_stops_the_turn_streaming_on_a(cluster: Cluster, http: Any) -> None:
+    # A session that never had set_info: its first turn is cancellable from anywhere all the same.
+    stream = await streaming_on(http, cluster.a, "cancel-1")
+    sent = time.perf_counter()
+    status, reply = await post(http, cluster.b, "/cancel", sessionId="cancel-1", spokenText="您好")
+    assert (status, reply["cancelled"]) == (200, True)
+    frames = await stream.rest()
+    assert stream.ended_at is not None
+    latency = stream.ended_at - sent
+    assert done_status(frames) == "cancelled"
+    assert latency < CANCEL_BOUND, f"A's stream ended {latency * 1000:.1f} ms after the cancel on B"
+    assert stream.text and SPOKEN.startswith(stream.text) and stream.text != SPOKEN
+    (upstream,) = await upstream_outcomes(http, cluster.emulator, "cancel-1", ["disconnected"])
+    assert upstream["disconnected_at"] is not None
+    # The session is free again: the next turn, on either instance, runs to the end.
+    frames = await (await stream_chat(http, cluster.a, "cancel-1")).rest()
+    assert done_status(frames) == "completed"
+
+
+async def test_new_turn_on_b_supersedes_the_turn_streaming_on_a(cluster: Cluster, http: Any) -> None:
+    await post(http, cluster.a, "/set_info", sessionId="barge-1", key="hphm1", value="沪A8939")
+    old = await streaming_on(http, cluster.a, "barge-1")
+    sent = time.perf_counter()
+    new = await stream_chat(http, cluster.b, "barge-1")
+    old_frames, new_frames = await asyncio.gather(old.rest(), new.rest())
+    assert old.ended_at is not None
+    latency = old.ended_at - sent
+    assert done_status(old_frames) == "cancelled"
+    assert latency < CANCEL_BOUND, f"A's stream ended {latency * 1000:.1f} ms after the new turn on B"
+    assert done_status(new_frames) == "completed"
+    assert new_frames[0] == ("stage_code", new_frames[0][1]) and new_frames[0][1]["nextStageCode"] == "1002"
+    assert new.text == SPOKEN
+    upstream = await upstream_outcomes(http, cluster.emulator, "barge-1", ["disconnected", "completed"])
+    assert upstream[0]["disconnected_at"] < upstream[1]["started"] + 1, "A's upstream closed as B's began"
+    # B's turn got the variables set through A, and A sees B's transcript.
+    async with http.get(cluster.emulator.url("/__emulator/requests")) as response:
+        sent_upstream = [r["body"] for r in await response.json() if r["path"].endswith("/chat/completions")]
+    assert [b["variables"] for b in sent_upstream if b["chatId"] == "barge-1"][-1] == {"hphm1": "沪A8939"}
+    status, deleted = await post(http, cluster.a, "/delete_last_turn", sessionId="barge-1")
+    assert (status, deleted["turnId"]) == (200, new_frames[-1][1]["turnId"])
+
+
+async def test_lease_of_a_killed_owner_expires(cluster: Cluster, http: Any) -> None:
+    stream = await streaming_on(http, cluster.c, "killed-1")
+    cluster.c.process.send_signal(signal.SIGKILL)
+    cluster.c.process.wait()
+    killed = time.monotonic()
+    stream.response.close()
+    # The dead owner's lease still holds: B may not start a second turn of the call yet.
+    status, reply = await post(http, cluster.b, "/chat", sessionId="killed-1", text="喂")
+    assert (status, reply["error"]["type"], reply["text"]) == (200, "session_busy", FALLBACK_TEXT)
+    # It expires (no renewal from the dead), and the call goes on on B.
+    while True:
+        status, reply = await post(http, cluster.b, "/cancel", sessionId="killed-1")
+        if not reply["cancelled"]:
+            break
+        assert time.monotonic() - killed < LEASE_TTL + 2, "the dead owner's lease never expired"
+        await asyncio.sleep(0.1)
+    frames = await (await stream_chat(http, cluster.b, "killed-1")).rest()
+    assert done_status(frames) == "completed"
+
+
+# -- Redis outage ------------------------------------------------------------------------------
+
+LONG_REPLY = "<state>1002</state>" + "请您先把车辆移到路边安全的地方，" * 25  # about 5 s of streaming
+SHORT_REPLY = "<state>1002</state>好的。"
+
+
+@dataclass
+class Outage:
+    redis: RedisServer
+    emulator: Process
+    app: Process
+
+
+@pytest.fixture
+def outage(tmp_path: Path) -> Iterator[Outage]:
+    redis = RedisServer(tmp_path)
+    processes: list[Process] = []
+    try:
+        redis.start()
+        # Replies alternate per chat: a session's first turn is long, its second short.
+        emulator = start_emulator(tmp_path, LONG_REPLY, SHORT_REPLY)
+        processes += [emulator, start_callagent("outage", tmp_path, redis.url, emulator)]
+        wait_ready(*processes)
+        yield Outage(redis, *processes)
+    finally:
+        for p in processes:
+            stop_process(p.process)
+        redis.stop()
+
+
+async def test_redis_outage_fails_fast_and_heals_by_itself(outage: Outage, http: Any) -> None:
+    app = outage.app
+    assert (await post(http, app, "/set_info", sessionId="down-1", key="k", value="v"))[0] == 200
+    running = await streaming_on(http, app, "down-1")
+
+    outage.redis.stop()
+    started = time.perf_counter()
+    status, error = await post(http, app, "/set_info", sessionId="down-1", key="k", value="w")
+    assert time.perf_counter() - started < 0.5
+    assert (status, error["code"], error["type"]) == (503, "503", "store_unavailable")
+    assert "Redis" in error["msg"] and "unavailable" in error["msg"]
+    # A new call gets the fallback: the caller hears the phrase, the gateway gets the transfer.
+    status, reply = await post(http, app, "/chat", sessionId="down-2", text="喂")
+    assert status == 200
+    assert (reply["nextStageCode"], reply["text"]) == ("0001", FALLBACK_TEXT)
+    assert reply["error"]["type"] == "store_unavailable"
+    # The running stream cannot keep its lease: it ends with the fallback, not in silence.
+    frames = await running.rest()
+    assert frames[-1][0] == "error" and frames[-1][1]["type"] == "store_unavailable"
+    assert frames[-3] == ("stage_code", frames[-3][1]) and frames[-3][1]["nextStageCode"] == "0001"
+    assert frames[-2] == ("text_delta", frames[-2][1]) and frames[-2][1]["text"] == FALLBACK_TEXT
+    async with http.get(app.url("/readyz")) as response:
+        assert response.status == 503
+    async with http.get(app.url("/healthz")) as response:
+        assert response.status == 200 and app.process.poll() is None
+
+    outage.redis.start()  # same port, empty: no persistence
+    deadline = time.monotonic() + 5
+    while True:
+        async with http.get(app.url("/readyz")) as response:
+            if response.status == 200:
+                break
+        assert time.monotonic() < deadline, "callagent did not reconnect to Redis"
+        await asyncio.sleep(0.05)
+    assert (await post(http, app, "/set_info", sessionId="down-1", key="k", value="again"))[0] == 200
+    status, got = await post(http, app, "/get_info", sessionId="down-1", key="k")
+    assert (status, got["value"]) == (200, "again")
+    frames = await (await stream_chat(http, app, "down-1")).rest()
+    assert done_status(frames) == "completed"
