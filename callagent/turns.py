@@ -48,6 +48,11 @@ DRAIN_TIMEOUT = 5.0
 """How long a finished turn keeps reading the upstream for its end-of-stream bookkeeping."""
 
 LEASE_POLL = 0.01
+LEASE_ASK_AGAIN = 0.25
+
+
+class Superseded(Exception):
+    """The turn lost its session lease: another turn of the session owns it now."""
 
 
 @dataclass(slots=True)
@@ -71,6 +76,11 @@ class Turn:
         self.cancel_requested = False
         self.spoken_text: str | None = None
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        # "running": cancelling interrupts the task. "finishing": the reply is being recorded
+        # and its terminal event sent; a cancel only stops what follows. "draining": the
+        # caller has the whole reply; a cancel cuts the upstream's bookkeeping short.
+        self.phase = "running"
+        self._drain_deadline: asyncio.Timeout | None = None
 
     def __repr__(self) -> str:
         return f"Turn({self.id!r}, session={self.session_id!r})"
@@ -79,13 +89,20 @@ class Turn:
         self._queue.put_nowait(event)
 
     def cancel(self, spoken_text: str | None = None) -> bool:
-        """Stop the turn now; ``spoken_text`` is what the caller heard of it. False if already over."""
+        """Stop the turn now; ``spoken_text`` is what the caller heard of it.
+
+        False if the reply was already complete (or the turn already cancelled).
+        """
         if self.cancel_requested or self.task is None or self.task.done():
             return False
         self.cancel_requested = True
-        self.spoken_text = spoken_text
-        self.task.cancel()
-        return True
+        if self.phase == "running":
+            self.spoken_text = spoken_text
+            self.task.cancel()
+            return True
+        if self._drain_deadline is not None:
+            self._drain_deadline.reschedule(asyncio.get_running_loop().time())
+        return False
 
     @property
     def done(self) -> bool:
@@ -196,8 +213,12 @@ class TurnEngine:
         if turn is not None:
             turn.cancel()
             await turn.wait()
-        else:
-            await self.cancel(session_id)
+        elif not await self.cancel(session_id):
+            # A turn on another instance saves its transcript as it stops: let it, then delete.
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + self.settings.first_token_timeout
+            while await self.store.lease_owner(session_id) is not None and loop.time() < give_up:
+                await asyncio.sleep(LEASE_POLL)
         await self.upstream.delete_session(session_id)
         await self.store.delete_session(session_id)
 
@@ -265,17 +286,23 @@ class TurnEngine:
             # so the cancellation is consumed here and the rest of the turn runs normally.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             status = "cancelled"
+        except Superseded as e:
+            log.warning("turn_superseded", session_id=turn.session_id, turn_id=turn.id, reason=str(e))
+            status = "cancelled"
         except CallagentError as e:
             status, error = "failed", e
         except Exception as e:
             log.exception("turn_crashed", session_id=turn.session_id, turn_id=turn.id)
             status, error = "failed", CallagentError(f"internal error: {type(e).__name__}")
+        # From here on nothing cancels this task (see Turn.cancel), so every step below runs.
+        turn.phase = "finishing"
         try:
             if status != "completed" and chunks is not None:
                 await chunks.aclose()  # usually already unwound by the cancel or the error
             await self._finish(turn, record, progress, status, error)
-            if status == "completed" and chunks is not None:
-                await self._drain(chunks)
+            if status == "completed" and chunks is not None and not turn.cancel_requested:
+                turn.phase = "draining"
+                await self._drain(turn, chunks)
         finally:
             if chunks is not None:
                 await chunks.aclose()
@@ -289,11 +316,15 @@ class TurnEngine:
         store, ttl = self.store, self._lease_ttl
         if await store.acquire_lease(turn.session_id, turn.id, ttl):
             return True
-        # Another instance runs a turn of this session: ask it to stop, then wait for the lease.
-        await store.publish_cancel(turn.session_id, None)
+        # Another instance runs a turn of this session: ask it to stop (again now and then, in
+        # case it was re-subscribing when the first request went out), then wait for the lease.
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.settings.first_token_timeout
+        ask_again_at = loop.time()
         while loop.time() < give_up:
+            if loop.time() >= ask_again_at:
+                await store.publish_cancel(turn.session_id, None)
+                ask_again_at = loop.time() + LEASE_ASK_AGAIN
             await asyncio.sleep(LEASE_POLL)
             if await store.acquire_lease(turn.session_id, turn.id, ttl):
                 return True
@@ -360,7 +391,7 @@ class TurnEngine:
                     deadline.reschedule(min(next_deadline, progress.deadline))
                     if now >= lease_renew_at:
                         lease_renew_at = now + self._lease_ttl / 3
-                        await self.store.renew_lease(turn.session_id, turn.id, self._lease_ttl)
+                        await self._keep_lease(turn)
         except TimeoutError:
             raise UpstreamTimeout(self._which_deadline(progress, loop.time())) from None
         finally:
@@ -369,6 +400,16 @@ class TurnEngine:
         speak(parser.finish())
         if segmenter is not None:
             emit_text(segmenter.finish())
+
+    async def _keep_lease(self, turn: Turn) -> None:
+        """Renew the session lease; a lease lost to another turn means this one was superseded."""
+        sid, ttl = turn.session_id, self._lease_ttl
+        if await self.store.renew_lease(sid, turn.id, ttl):
+            return
+        # Expired (the store restarted empty, or we stalled): take it back if nobody else has.
+        if await self.store.acquire_lease(sid, turn.id, ttl):
+            return
+        raise Superseded(f"turn {turn.id} lost the session lease to another turn")
 
     def _which_deadline(self, progress: _Progress, now: float) -> str:
         if now >= progress.deadline - 0.001:
@@ -426,14 +467,19 @@ class TurnEngine:
         except CallagentError as e:
             log.warning("interrupted_records_not_deleted", session_id=turn.session_id, turn_id=turn.id, error=e.msg)
 
-    async def _drain(self, chunks: AsyncGenerator[UpstreamChunk, None]) -> None:
-        """Read the rest of a finished reply (the upstream saves the chat meanwhile)."""
+    async def _drain(self, turn: Turn, chunks: AsyncGenerator[UpstreamChunk, None]) -> None:
+        """Read the rest of a finished reply (the upstream saves the chat meanwhile).
+
+        A new turn of the session cuts it short by moving the deadline to now.
+        """
         try:
-            async with asyncio.timeout(DRAIN_TIMEOUT):
+            async with asyncio.timeout(DRAIN_TIMEOUT) as turn._drain_deadline:
                 async for _ in chunks:
                     pass
         except (TimeoutError, CallagentError):
             pass
+        finally:
+            turn._drain_deadline = None
 
     def _observe(
         self, turn: Turn, progress: _Progress, status: str, error: CallagentError | None, latency: dict[str, Any]

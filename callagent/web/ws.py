@@ -153,16 +153,17 @@ class GatewaySocket:
         spoken = v.optional_str(msg, "spokenText", self.settings.max_text_chars)
         turn = self.engine.running(session_id)
         cancelled = False
-        if turn is not None and turn_id in (None, turn.id):
+        if turn is None:
+            cancelled = await self.engine.cancel(session_id, spoken, turn_id)  # on another instance
+        elif turn_id in (None, turn.id):
             cancelled = turn.cancel(spoken)
             pump = self.pumps.get(turn.id)
             # Wait until the turn's `done` is queued, so nothing of it follows the ack.
             await asyncio.shield(pump if pump is not None else turn.wait())
             turn_id = turn.id
-        elif turn is None:
-            cancelled = await self.engine.cancel(session_id, spoken, turn_id)
-            if not cancelled and spoken is not None:
-                await self.engine.record_spoken_text(session_id, spoken, turn_id)
+        if not cancelled and spoken is not None:
+            # The reply was already complete (the caller barged in on its playback).
+            await self.engine.record_spoken_text(session_id, spoken, turn_id)
         self.send(
             {"type": "ack", "for": "interrupt", "sessionId": session_id, "turnId": turn_id, "cancelled": cancelled}
         )
