@@ -217,7 +217,8 @@ class TurnEngine:
             # A turn on another instance saves its transcript as it stops: let it, then delete.
             loop = asyncio.get_running_loop()
             give_up = loop.time() + self.settings.first_token_timeout
-            while await self.store.lease_owner(session_id) is not None and loop.time() < give_up:
+            # The lease lives in the shared store, not in this process: nothing to await but a poll.
+            while await self.store.lease_owner(session_id) is not None and loop.time() < give_up:  # noqa: ASYNC110
                 await asyncio.sleep(LEASE_POLL)
         await self.upstream.delete_session(session_id)
         await self.store.delete_session(session_id)

@@ -181,3 +181,53 @@ async def test_transcript_survives_a_restart(make_client: Any, fastgpt_settings:
     assert turn.reply_text == "您好，请问有人受伤吗？" and turn.stage_codes == ["1002"] and turn.status == "completed"
     assert turn.timings["first_text_ms"] is not None and turn.timings["total_ms"] > 0
     assert orjson.dumps(turn.to_dict())
+
+
+async def test_user_select_question_is_spoken_and_the_answer_mapped(fastgpt_client: Any, emulator: Any) -> None:
+    emulator.set_fault("interactive", count=1)
+    asked = await (await fastgpt_client.post("/chat", json=body(text="喂"))).json()
+    assert asked["text"].endswith("请问是单车事故还是多车事故？可选：单车事故、多车事故。")
+    answered = await (await fastgpt_client.post("/chat", json=body(text="就是单车"))).json()
+    assert answered["status"] == "completed"
+    sent = completions(emulator)[-1].body
+    assert sent["messages"][0]["content"] == "单车事故"
+    assert "_fastgpt_options" not in sent["variables"]
+    await fastgpt_client.post("/chat", json=body(text="好的"))
+    assert completions(emulator)[-1].body["messages"][0]["content"] == "好的", "the question was answered"
+
+
+def test_choosing_an_option_from_spoken_words() -> None:
+    from callagent.upstream.fastgpt import choose_option
+
+    options = ["单车事故", "多车事故"]
+    assert choose_option("是多车事故", options) == "多车事故"
+    assert choose_option("单车。", options) == "单车事故"
+    assert choose_option("第二个", options) == "多车事故"
+    assert choose_option("车", options) == "车", "ambiguous words go as they are"
+    assert choose_option("不知道", options) == "不知道"
+
+
+async def test_interrupted_records_can_be_deleted_upstream(
+    make_client: Any, fastgpt_settings: Any, emulator: Any
+) -> None:
+    emulator.brain = fe.ScriptedBrain(["<state>1002</state>" + "请稍等，正在为您查询。" * 10])
+    emulator.chunk_delay = 0.05
+    client = await make_client(fastgpt_settings.with_(interrupt_records="delete"))
+    resp = await client.post("/chat?stream=true", json=body(text="喂"))
+    assert b"text_delta" in await resp.content.readuntil(b"\n\n") + await resp.content.readuntil(b"\n\n")
+    await client.post("/cancel", json=body())
+    done = parse_sse(await resp.read())[-1]
+    assert done[1]["status"] == "cancelled"
+    turn_id = done[1]["turnId"]
+    deletes = [r for r in emulator.requests if r.method == "DELETE"]
+    assert sorted(r.query["contentId"] for r in deletes) == [f"{turn_id}-a", f"{turn_id}-q"]
+
+
+async def test_newer_fastgpt_path_family(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
+    client = await make_client(fastgpt_settings.with_(fastgpt_paths="v2"))
+    await client.post("/chat", json=body(text="喂"))
+    await client.post("/delete_last_turn", json=body())
+    await client.delete("/delete_session", json=body())
+    paths = [r.path for r in emulator.requests if r.method == "DELETE"]
+    assert paths == ["/api/core/chat/record/delete"] * 2 + ["/api/core/chat/history/delHistory"]
+    assert emulator.chat("a1002") is None

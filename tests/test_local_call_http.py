@@ -34,4 +34,4 @@ async def test_sse_call_streams_in_several_chunks(client: Any) -> None:
     resp = await client.post("/chat?stream=true", json=body("sse-call", text="发生了交通事故"))
     raw = (await resp.read()).decode()
     assert raw.count("event: text_delta") > 1
-    assert raw.startswith("event: stage_code\ndata: {\"nextStageCode\":\"1002\"")
+    assert raw.startswith('event: stage_code\ndata: {"nextStageCode":"1002"')

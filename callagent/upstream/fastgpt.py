@@ -12,6 +12,7 @@ and an EOF before either are failures, each with its own error type.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -26,6 +27,9 @@ log = structlog.get_logger(__name__)
 
 MAX_LINE_BYTES = 8 * 1024 * 1024
 _AUTH_CODES = {401, 403, 511, 514, 504000}
+
+OPTIONS_KEY = "_fastgpt_options"
+"""Session variable holding the options of a userSelect question awaiting the caller's answer."""
 
 PATHS = {
     "legacy": {
@@ -68,13 +72,18 @@ class FastGPTClient:
     # -- turns -----------------------------------------------------------------------------
 
     async def stream(self, turn: UpstreamTurn) -> AsyncGenerator[UpstreamChunk, None]:
+        variables = dict(turn.variables)
+        pending_options = variables.pop(OPTIONS_KEY, None)
+        text = turn.text
+        if isinstance(pending_options, list) and pending_options:
+            text = choose_option(text, [str(o) for o in pending_options])
         body = {
             "chatId": turn.session_id,
             "stream": True,
             "detail": True,
             "responseChatItemId": turn.ai_record_id,
-            "variables": dict(turn.variables),
-            "messages": [{"role": "user", "content": turn.text, "dataId": turn.human_record_id}],
+            "variables": variables,
+            "messages": [{"role": "user", "content": text, "dataId": turn.human_record_id}],
         }
         response = await self._post_completions(orjson.dumps(body))
         async with response:
@@ -83,14 +92,24 @@ class FastGPTClient:
             if "text/event-stream" not in response.headers.get("Content-Type", ""):
                 raise _frame_or_envelope_error(await _read_small(response))
             ended = False
+            asked = False
             async for event, data in _frames(response):
                 if ended:
                     if data == b"[DONE]":
                         return
                     continue
+                if event == b"interactive":
+                    speech, options = _user_select(_json(data))
+                    if options:
+                        asked = True
+                        yield VariablesUpdate({OPTIONS_KEY: options})
+                    yield speech or KEEPALIVE
+                    continue
                 chunk = _chunk_of(event, data)
                 if chunk is END_OF_SPEECH:
                     ended = True
+                    if pending_options and not asked:
+                        yield VariablesUpdate({OPTIONS_KEY: None})  # the question was answered
                     yield END_OF_SPEECH
                     continue
                 if chunk is None:  # [DONE] before workflowDuration
@@ -203,8 +222,6 @@ def _chunk_of(event: bytes | None, data: bytes) -> UpstreamChunk | None:
         return VariablesUpdate(payload) if isinstance(payload, dict) else KEEPALIVE
     if event == b"error":
         raise _stream_error(_json(data))
-    if event == b"interactive":
-        return _interactive_speech(_json(data)) or KEEPALIVE
     return KEEPALIVE
 
 
@@ -216,15 +233,42 @@ def _json(data: bytes) -> Any:
         return None
 
 
-def _interactive_speech(payload: Any) -> str:
-    """A userSelect node, spoken: its description, then the options to choose from."""
+def _user_select(payload: Any) -> tuple[str, list[str]]:
+    """A userSelect node, spoken (its description, then the options), and its option values."""
     try:
         params = payload["interactive"]["params"]
     except (TypeError, KeyError):
-        return ""
+        return "", []
     description = str(params.get("description") or "")
     options = [str(o.get("value")) for o in params.get("userSelectOptions") or () if isinstance(o, dict)]
-    return description + ("可选：" + "、".join(options) + "。" if options else "")
+    return description + ("可选：" + "、".join(options) + "。" if options else ""), options
+
+
+_ORDINALS = ("第一", "第二", "第三", "第四", "第五", "第六")
+
+
+def choose_option(text: str, options: list[str]) -> str:
+    """The option a caller's words pick, sent as the answer to a userSelect node.
+
+    An option named in the words wins, then an ordinal ("第二个"), then the one option sharing
+    the longest run of at least two characters with the words ("就是单车" picks "单车事故");
+    otherwise the words go as they are.
+    """
+    for option in options:
+        if option and option in text:
+            return option
+    for index, ordinal in enumerate(_ORDINALS[: len(options)]):
+        if ordinal in text:
+            return options[index]
+    shared = [_longest_common_run(text, option) for option in options]
+    best = max(shared, default=0)
+    if best >= 2 and shared.count(best) == 1:
+        return options[shared.index(best)]
+    return text
+
+
+def _longest_common_run(a: str, b: str) -> int:
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match().size
 
 
 # -- errors ---------------------------------------------------------------------------------
