@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 import structlog
@@ -128,8 +129,9 @@ class Turn:
 class _Progress:
     """What a turn has produced so far, and when."""
 
-    started: float
+    started: float  # loop time: the deadlines are loop times
     deadline: float
+    clock_start: float = field(default_factory=perf_counter)  # the latency figures use a fine clock
     text: list[str] = field(default_factory=list)
     stage: str | None = None
     terminal_stage: bool = False
@@ -348,7 +350,7 @@ class TurnEngine:
             if not text:
                 return
             if progress.first_text is None:
-                progress.first_text = loop.time()
+                progress.first_text = perf_counter()
             progress.text.append(text)
             turn.emit(TextDelta(text))
 
@@ -375,7 +377,7 @@ class TurnEngine:
                 async for chunk in chunks:
                     now = loop.time()
                     if progress.first_byte is None:
-                        progress.first_byte = now
+                        progress.first_byte = perf_counter()
                     if isinstance(chunk, str):
                         for item in parser.feed(chunk):
                             if isinstance(item, StageTag):
@@ -424,7 +426,7 @@ class TurnEngine:
     def _stage(self, turn: Turn, progress: _Progress, code: str) -> None:
         stage = self.stages.resolve(code)
         if progress.first_stage is None:
-            progress.first_stage = asyncio.get_running_loop().time()
+            progress.first_stage = perf_counter()
         progress.stage = stage.code
         progress.terminal_stage = stage.terminal
         turn.emit(StageCode(stage.code, stage.name))
@@ -438,8 +440,7 @@ class TurnEngine:
             self._stage(turn, progress, s.fallback_stage)
             progress.text.append(s.fallback_text)
             turn.emit(TextDelta(s.fallback_text))
-        loop = asyncio.get_running_loop()
-        latency = _latency(progress, loop.time())
+        latency = _latency(progress, perf_counter())
         record.reply_text = "".join(progress.text)
         record.spoken_text = turn.spoken_text
         record.stage_codes = [progress.stage] if progress.stage else []
@@ -492,9 +493,9 @@ class TurnEngine:
         if error is not None:
             m.upstream_errors.labels(error.type).inc()
         if progress.first_byte is not None:
-            m.upstream_first_byte.observe(progress.first_byte - progress.started)
+            m.upstream_first_byte.observe(progress.first_byte - progress.clock_start)
         if progress.first_text is not None:
-            m.first_text.observe(progress.first_text - progress.started)
+            m.first_text.observe(progress.first_text - progress.clock_start)
         m.turn_duration.observe(latency["total_ms"] / 1000)
         log.info(
             "turn",
@@ -511,7 +512,7 @@ class TurnEngine:
 
 def _latency(progress: _Progress, now: float) -> dict[str, float | None]:
     def ms(at: float | None) -> float | None:
-        return None if at is None else round((at - progress.started) * 1000, 3)
+        return None if at is None else round((at - progress.clock_start) * 1000, 3)
 
     return {
         "upstream_first_byte_ms": ms(progress.first_byte),
