@@ -21,7 +21,7 @@ from ..settings import Settings
 from ..stages import StageTable
 from ..store import create_store
 from ..turns import TurnEngine
-from . import http, ws
+from . import http, openapi, ws
 from .keys import ENGINE, METRICS, SETTINGS, SOCKETS, STAGES, STORE, UPSTREAM
 from .middlewares import api_key_auth, json_errors, request_context
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.on_shutdown.append(drain_then_close_sockets)
     app.router.add_routes(http.routes)
     app.router.add_get("/ws", ws.websocket)
+    app.router.add_get("/openapi.json", openapi.serve)
     return app
 
 

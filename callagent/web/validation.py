@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import InvalidRequest, MalformedJSON, PayloadTooLarge
 
@@ -22,6 +23,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body larger than {request.client_max_size} bytes") from None
+    except RequestPayloadError:
+        raise MalformedJSON("request body could not be decoded (Content-Encoding)") from None
     return parse_object(raw)
 
 
