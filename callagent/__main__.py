@@ -40,8 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .web.app import create_app
 
+    try:
+        app = create_app(settings)
+    except ConfigError as e:
+        print(f"callagent: configuration error: {e}", file=sys.stderr)
+        return 2
     web.run_app(
-        create_app(settings),
+        app,
         loop=_event_loop(),
         host=settings.host,
         port=settings.port,

@@ -81,12 +81,15 @@ class Turn:
         # and its terminal event sent; a cancel only stops what follows. "draining": the
         # caller has the whole reply; a cancel cuts the upstream's bookkeeping short.
         self.phase = "running"
+        self.ended = False  # the terminal event was emitted
         self._drain_deadline: asyncio.Timeout | None = None
 
     def __repr__(self) -> str:
         return f"Turn({self.id!r}, session={self.session_id!r})"
 
     def emit(self, event: Event) -> None:
+        if isinstance(event, TERMINAL):
+            self.ended = True
         self._queue.put_nowait(event)
 
     def cancel(self, spoken_text: str | None = None) -> bool:
@@ -134,11 +137,14 @@ class _Progress:
     clock_start: float = field(default_factory=perf_counter)  # the latency figures use a fine clock
     text: list[str] = field(default_factory=list)
     stage: str | None = None
+    stages: list[str] = field(default_factory=list)
     terminal_stage: bool = False
     variables: dict[str, Any] = field(default_factory=dict)
     first_byte: float | None = None
     first_text: float | None = None
     first_stage: float | None = None
+    chunks: AsyncGenerator[UpstreamChunk, None] | None = None  # the upstream reply, once asked for
+    leased: bool = False
 
 
 class TurnEngine:
@@ -183,11 +189,16 @@ class TurnEngine:
                 await asyncio.shield(turn.wait())
 
     async def cancel(self, session_id: str, spoken_text: str | None = None, turn_id: str | None = None) -> bool:
-        """Stop the session's running turn here or on any instance sharing the store."""
-        if self._cancel_local(session_id, spoken_text, turn_id):
-            return True
-        await self.store.publish_cancel(session_id, spoken_text)
-        return False
+        """Stop the session's running turn (``turn_id``: only that one) here or on any instance
+        sharing the store. True if a turn was running and is being stopped."""
+        local = self.running(session_id)
+        if local is not None:
+            return (turn_id is None or local.id == turn_id) and local.cancel(spoken_text)
+        owner = await self.store.lease_owner(session_id)  # the lease owner is the running turn
+        if owner is None or (turn_id is not None and owner != turn_id):
+            return False
+        await self.store.publish_cancel(session_id, spoken_text, owner)
+        return True
 
     async def session_known(self, session_id: str) -> bool:
         """True once the session has data, or while its first turn runs (here or elsewhere)."""
@@ -203,8 +214,10 @@ class TurnEngine:
         if record is None:
             return None
         await self.upstream.delete_records(session_id, record.upstream_records)
-        if record.variables_before:
-            await self.store.set_variables(session_id, record.variables_before)
+        before = record.variables_before
+        if before:
+            await self.store.set_variables(session_id, {k: v for k, v in before.items() if v is not None})
+            await self.store.delete_variables(session_id, [k for k, v in before.items() if v is None])
         record.deleted = True
         await self.store.save_turn(record)
         return record.turn_id
@@ -215,7 +228,7 @@ class TurnEngine:
         if turn is not None:
             turn.cancel()
             await turn.wait()
-        elif not await self.cancel(session_id):
+        elif await self.cancel(session_id):
             # A turn on another instance saves its transcript as it stops: let it, then delete.
             loop = asyncio.get_running_loop()
             give_up = loop.time() + self.settings.first_token_timeout
@@ -238,14 +251,10 @@ class TurnEngine:
         turn = self._running.get(session_id)
         return turn if turn is not None and not turn.done else None
 
-    def _on_remote_cancel(self, session_id: str, spoken_text: str | None) -> None:
-        self._cancel_local(session_id, spoken_text)
-
-    def _cancel_local(self, session_id: str, spoken_text: str | None, turn_id: str | None = None) -> bool:
+    def _on_remote_cancel(self, session_id: str, spoken_text: str | None, turn_id: str | None) -> None:
         turn = self._running.get(session_id)
-        if turn is None or (turn_id is not None and turn.id != turn_id):
-            return False
-        return turn.cancel(spoken_text)
+        if turn is not None and (turn_id is None or turn.id == turn_id):
+            turn.cancel(spoken_text)
 
     async def close(self, grace: float = 0.0) -> None:
         """Let running turns finish for up to ``grace`` seconds, then cancel the rest."""
@@ -259,10 +268,9 @@ class TurnEngine:
     # -- one turn --------------------------------------------------------------------------
 
     async def _run(self, turn: Turn, prior: Turn | None) -> None:
-        s = self.settings
         loop = asyncio.get_running_loop()
         now = loop.time()
-        progress = _Progress(started=now, deadline=now + s.turn_timeout)
+        progress = _Progress(started=now, deadline=now + self.settings.turn_timeout)
         record = TurnRecord(
             session_id=turn.session_id,
             turn_id=turn.id,
@@ -271,49 +279,64 @@ class TurnEngine:
             transport=turn.request.transport,
             received_at=time.time(),
         )
-        chunks: AsyncGenerator[UpstreamChunk, None] | None = None
-        error: CallagentError | None = None
-        leased = False
-        status = "completed"
         try:
-            if prior is not None:
-                await prior.wait()
-            leased = await self._acquire_lease(turn, progress)
-            variables = await self.store.get_variables(turn.session_id)
-            upstream_turn = UpstreamTurn(turn.session_id, turn.id, turn.request.text, variables)
-            record.upstream_records = [upstream_turn.human_record_id, upstream_turn.ai_record_id]
-            chunks = self.upstream.stream(upstream_turn)
-            await self._relay(turn, chunks, progress, variables)
-        except asyncio.CancelledError:
-            # Only Turn.cancel() and engine shutdown cancel this task; both want Done(cancelled),
-            # so the cancellation is consumed here and the rest of the turn runs normally.
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            status = "cancelled"
-        except Superseded as e:
-            log.warning("turn_superseded", session_id=turn.session_id, turn_id=turn.id, reason=str(e))
-            status = "cancelled"
-        except CallagentError as e:
-            status, error = "failed", e
-        except Exception as e:
-            log.exception("turn_crashed", session_id=turn.session_id, turn_id=turn.id)
-            status, error = "failed", CallagentError(f"internal error: {type(e).__name__}")
-        # From here on nothing cancels this task (see Turn.cancel), so every step below runs.
-        turn.phase = "finishing"
-        try:
+            status, error = await self._converse(turn, prior, progress, record)
+            # From here on nothing cancels this task (see Turn.cancel), so every step below runs.
+            turn.phase = "finishing"
+            chunks = progress.chunks
             if status != "completed" and chunks is not None:
                 await chunks.aclose()  # usually already unwound by the cancel or the error
             await self._finish(turn, record, progress, status, error)
             if status == "completed" and chunks is not None and not turn.cancel_requested:
                 turn.phase = "draining"
                 await self._drain(turn, chunks)
+        except Exception:
+            log.exception("turn_finish_failed", session_id=turn.session_id, turn_id=turn.id)
         finally:
-            if chunks is not None:
-                await chunks.aclose()
-            if leased:
-                await self.store.release_lease(turn.session_id, turn.id)
-            if self._running.get(turn.session_id) is turn:
-                del self._running[turn.session_id]
-            self.metrics.running_turns.dec()
+            if not turn.ended:  # whatever went wrong above, the consumer must not wait forever
+                turn.emit(Error("internal_error", "internal error", "500"))
+            await self._release(turn, progress)
+
+    async def _converse(
+        self, turn: Turn, prior: Turn | None, progress: _Progress, record: TurnRecord
+    ) -> tuple[str, CallagentError | None]:
+        """Wait for the session, run the upstream, relay its reply: (status, error)."""
+        try:
+            if prior is not None:
+                await prior.wait()
+            progress.leased = await self._acquire_lease(turn, progress)
+            variables = await self.store.get_variables(turn.session_id)
+            upstream_turn = UpstreamTurn(turn.session_id, turn.id, turn.request.text, variables)
+            record.upstream_records = [upstream_turn.human_record_id, upstream_turn.ai_record_id]
+            progress.chunks = self.upstream.stream(upstream_turn)
+            await self._relay(turn, progress.chunks, progress, variables)
+        except asyncio.CancelledError:
+            # Only Turn.cancel() and engine shutdown cancel this task; both want Done(cancelled),
+            # so the cancellation is consumed here and the rest of the turn runs normally.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            return "cancelled", None
+        except Superseded as e:
+            log.warning("turn_superseded", session_id=turn.session_id, turn_id=turn.id, reason=str(e))
+            return "cancelled", None
+        except CallagentError as e:
+            return "failed", e
+        except Exception as e:
+            log.exception("turn_crashed", session_id=turn.session_id, turn_id=turn.id)
+            return "failed", CallagentError(f"internal error: {type(e).__name__}")
+        return "completed", None
+
+    async def _release(self, turn: Turn, progress: _Progress) -> None:
+        """Give back what the turn holds: the upstream response, the session lease, its slot."""
+        if self._running.get(turn.session_id) is turn:
+            del self._running[turn.session_id]
+        self.metrics.running_turns.dec()
+        try:
+            if progress.chunks is not None:
+                await progress.chunks.aclose()
+        except Exception:
+            log.exception("upstream_close_failed", session_id=turn.session_id, turn_id=turn.id)
+        if progress.leased:
+            await self.store.release_lease(turn.session_id, turn.id)
 
     async def _acquire_lease(self, turn: Turn, progress: _Progress) -> bool:
         store, ttl = self.store, self._lease_ttl
@@ -428,6 +451,7 @@ class TurnEngine:
         if progress.first_stage is None:
             progress.first_stage = perf_counter()
         progress.stage = stage.code
+        progress.stages.append(stage.code)
         progress.terminal_stage = stage.terminal
         turn.emit(StageCode(stage.code, stage.name))
 
@@ -443,7 +467,7 @@ class TurnEngine:
         latency = _latency(progress, perf_counter())
         record.reply_text = "".join(progress.text)
         record.spoken_text = turn.spoken_text
-        record.stage_codes = [progress.stage] if progress.stage else []
+        record.stage_codes = progress.stages
         record.status = status
         record.error_type = error.type if error else None
         record.timings = latency

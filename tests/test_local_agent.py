@@ -312,11 +312,11 @@ async def test_reply_streams_in_pieces_with_the_tag_whole_in_the_first(agent: Lo
     assert updates == {"_step": "ready", "_phase": "ask"}
 
 
-async def test_variables_update_comes_before_the_last_piece() -> None:
+async def test_variables_update_comes_first_so_an_interrupted_turn_still_moves_the_call_on() -> None:
     agent = LocalAgent(chunk_chars=4)
     chunks = [chunk async for chunk in agent.stream(UpstreamTurn("s1", "t1", "喂", {}))]
-    assert isinstance(chunks[-2], VariablesUpdate)
-    assert all(isinstance(chunk, str) for chunk in chunks[:-2] + chunks[-1:])
+    assert isinstance(chunks[0], VariablesUpdate)
+    assert all(isinstance(chunk, str) for chunk in chunks[1:])
 
 
 async def test_pacing_is_off_by_default_and_configurable(monkeypatch: pytest.MonkeyPatch) -> None:

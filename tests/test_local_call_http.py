@@ -30,6 +30,18 @@ async def test_delete_last_turn_undoes_what_the_agent_collected(client: Any) -> 
     assert info["sjhm"] == "13812345678"
 
 
+async def test_delete_last_turn_removes_variables_the_turn_created(client: Any) -> None:
+    for text in TO_PHONE_STEP:
+        await say(client, text, "fresh")
+    before = (await (await client.post("/get_info", json=body("fresh"))).json())["info"]
+    await say(client, "138", "fresh")
+    during = (await (await client.post("/get_info", json=body("fresh"))).json())["info"]
+    assert set(during) - set(before), "the turn created variables"
+    await client.post("/delete_last_turn", json=body("fresh"))
+    after = (await (await client.post("/get_info", json=body("fresh"))).json())["info"]
+    assert after == before
+
+
 async def test_sse_call_streams_in_several_chunks(client: Any) -> None:
     resp = await client.post("/chat?stream=true", json=body("sse-call", text="发生了交通事故"))
     raw = (await resp.read()).decode()

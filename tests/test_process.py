@@ -49,7 +49,7 @@ async def test_sigterm_lets_running_turns_finish_then_closes_sockets(tmp_path: P
             frames = parse_sse(await asyncio.wait_for(sse.read(), 10))
             assert frames[-1][0] == "done" and frames[-1][1]["status"] == "completed"
             msg = await asyncio.wait_for(ws.receive(), 10)
-            assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1001
+            assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
         assert await asyncio.to_thread(process.wait, 10) == 0
     finally:
         stop_process(process)

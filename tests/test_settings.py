@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from callagent.__main__ import main
 from callagent.settings import ConfigError, Settings
 from callagent.stages import StageTable
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``main`` configures logging for the process; give the next tests their defaults back."""
+    yield
+    structlog.reset_defaults()
 
 
 def test_defaults_are_the_embedded_ones() -> None:
@@ -87,3 +96,27 @@ def test_stage_file_errors_are_clear(tmp_path: Path) -> None:
         StageTable.load(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         StageTable.load(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("variable", "content", "message"),
+    [
+        ("CALLAGENT_STAGES_FILE", "[stages\n", "stages.toml"),
+        ("CALLAGENT_LOCAL_SCRIPT", "[script]\nstart = 'nowhere'\n", "CALLAGENT_LOCAL_SCRIPT"),
+    ],
+)
+def test_cli_reports_a_bad_data_file_in_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    content: str,
+    message: str,
+) -> None:
+    bad = tmp_path / "stages.toml"
+    bad.write_text(content)
+    monkeypatch.setenv(variable, str(bad))
+    assert main(["serve", "--env-file", "/nonexistent", "--store", "memory://"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("callagent: configuration error:") and message in err
+    assert "\n" not in err and "Traceback" not in err

@@ -180,7 +180,7 @@ async def test_a_cancelled_lease_call_leaves_no_lease_behind(store: Store) -> No
 
 async def test_publishing_a_cancel_nobody_hears_is_harmless(store: Store) -> None:
     heard: list[tuple[str, str | None]] = []
-    store.on_cancel(lambda session_id, spoken: heard.append((session_id, spoken)))
+    store.on_cancel(lambda session_id, spoken, turn_id: heard.append((session_id, spoken)))
     await store.publish_cancel("s1", "您好")
     await store.ping()
     assert heard == [], "a process does not cancel itself through the store"
@@ -216,14 +216,14 @@ class Heard:
     """Cancels received by one process, with an event for the test to wait on."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, str | None, float]] = []
+        self.calls: list[tuple[str, str | None, str | None, float]] = []
         self.event = asyncio.Event()
 
-    def __call__(self, session_id: str, spoken_text: str | None) -> None:
-        self.calls.append((session_id, spoken_text, time.perf_counter()))
+    def __call__(self, session_id: str, spoken_text: str | None, turn_id: str | None) -> None:
+        self.calls.append((session_id, spoken_text, turn_id, time.perf_counter()))
         self.event.set()
 
-    async def next(self) -> tuple[str, str | None, float]:
+    async def next(self) -> tuple[str, str | None, str | None, float]:
         async with asyncio.timeout(2):
             await self.event.wait()
         self.event.clear()
@@ -236,7 +236,7 @@ async def test_cancel_reaches_the_other_process_fast(two_processes: tuple[Store,
     a.on_cancel(heard_a)
     b.on_cancel(heard_b)
 
-    def broken(session_id: str, spoken_text: str | None) -> None:
+    def broken(session_id: str, spoken_text: str | None, turn_id: str | None) -> None:
         raise RuntimeError("a failing callback must not stop the others")
 
     b.on_cancel(broken)
@@ -245,10 +245,11 @@ async def test_cancel_reaches_the_other_process_fast(two_processes: tuple[Store,
     with capture_logs() as logs:
         for n in range(20):
             sent = time.perf_counter()
-            await a.publish_cancel(f"s{n}", "您好，请问" if n % 2 else None)
-            session_id, spoken, at = await heard_b.next()
+            await a.publish_cancel(f"s{n}", "您好，请问" if n % 2 else None, f"t{n}" if n % 3 else None)
+            session_id, spoken, turn_id, at = await heard_b.next()
             latencies.append(at - sent)
             assert (session_id, spoken) == (f"s{n}", "您好，请问" if n % 2 else None)
+            assert turn_id == (f"t{n}" if n % 3 else None)
     assert len(second.calls) == 20
     assert [e["event"] for e in logs].count("cancel_callback_failed") == 20
     assert heard_a.calls == [], "the sender does not hear its own cancel"

@@ -233,4 +233,4 @@ async def test_shutdown_closes_sockets_with_1001_after_running_turns_end(
         msgs.append(msg.json())
     await closing
     assert msgs[-1]["type"] == "done" and msgs[-1]["status"] == "completed"
-    assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1001
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001

@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-CancelCallback = Callable[[str, str | None], None]
-"""Called with (session_id, spoken_text) when another process asks to stop the session's turn."""
+CancelCallback = Callable[[str, str | None, str | None], None]
+"""Called with (session_id, spoken_text, turn_id) when another process asks to stop the
+session's turn (``turn_id`` None: whatever turn runs)."""
 
 
 @dataclass(slots=True)
@@ -32,7 +33,7 @@ class TurnRecord:
     transport: str = "http"
     reply_text: str = ""
     spoken_text: str | None = None
-    stage_codes: list[str] = field(default_factory=list)
+    stage_codes: list[str] = field(default_factory=list)  # every stage reported, in order
     status: str = "running"  # running | completed | cancelled | failed
     error_type: str | None = None
     upstream_records: list[str] = field(default_factory=list)
@@ -67,6 +68,10 @@ class Store(Protocol):
         """Merge ``values`` into the session's variables (creating the session)."""
         ...
 
+    async def delete_variables(self, session_id: str, keys: list[str]) -> None:
+        """Remove these variables (absent ones are no error)."""
+        ...
+
     async def delete_session(self, session_id: str) -> None: ...
 
     async def save_turn(self, record: TurnRecord) -> None:
@@ -91,6 +96,6 @@ class Store(Protocol):
         """The turn id holding the session's lease, if a live one does."""
         ...
 
-    async def publish_cancel(self, session_id: str, spoken_text: str | None) -> None: ...
+    async def publish_cancel(self, session_id: str, spoken_text: str | None, turn_id: str | None = None) -> None: ...
 
     def on_cancel(self, callback: CancelCallback) -> None: ...

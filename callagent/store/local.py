@@ -39,7 +39,7 @@ class ProcessLocalLeases:
         held = self._leases.get(session_id)
         return held[0] if held and held[1] > time.monotonic() else None
 
-    async def publish_cancel(self, session_id: str, spoken_text: str | None) -> None:
+    async def publish_cancel(self, session_id: str, spoken_text: str | None, turn_id: str | None = None) -> None:
         return None
 
     def on_cancel(self, callback: CancelCallback) -> None:

@@ -33,6 +33,11 @@ class MemoryStore(ProcessLocalLeases):
     async def set_variables(self, session_id: str, values: Mapping[str, Any]) -> None:
         self._variables.setdefault(session_id, {}).update(values)
 
+    async def delete_variables(self, session_id: str, keys: list[str]) -> None:
+        variables = self._variables.get(session_id, {})
+        for key in keys:
+            variables.pop(key, None)
+
     async def delete_session(self, session_id: str) -> None:
         self._variables.pop(session_id, None)
         self._turns.pop(session_id, None)

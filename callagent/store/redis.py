@@ -8,7 +8,7 @@ session's keys live together, which the Lua scripts below need)::
     callagent:{sid}:turns   hash    turn id -> transcript row (JSON)
     callagent:{sid}:order   list    turn ids, in the order they were first saved
     callagent:{sid}:lease   string  the turn id owning the session's lease, with a PX expiry
-    callagent:cancel        channel {"session", "spokenText", "origin"}
+    callagent:cancel        channel {"session", "spokenText", "turnId", "origin"}
 
 Every write refreshes the expiry of all the session's keys to ``transcript_ttl`` seconds,
 so a session disappears that long after its last activity. The lease is taken with
@@ -178,6 +178,11 @@ class RedisStore:
                     pipe.expire(_key(session_id, part), self.transcript_ttl)
                 await pipe.execute()
 
+    async def delete_variables(self, session_id: str, keys: list[str]) -> None:
+        if keys:
+            with self._reachable() as redis:
+                await redis.hdel(_key(session_id, "vars"), *keys)
+
     async def delete_session(self, session_id: str) -> None:
         with self._reachable() as redis:
             await redis.delete(*(_key(session_id, part) for part in ("vars", "turns", "order")))
@@ -258,8 +263,10 @@ class RedisStore:
 
     # -- cancellation ----------------------------------------------------------------------
 
-    async def publish_cancel(self, session_id: str, spoken_text: str | None) -> None:
-        message = orjson.dumps({"session": session_id, "spokenText": spoken_text, "origin": self._origin})
+    async def publish_cancel(self, session_id: str, spoken_text: str | None, turn_id: str | None = None) -> None:
+        message = orjson.dumps(
+            {"session": session_id, "spokenText": spoken_text, "turnId": turn_id, "origin": self._origin}
+        )
         with self._reachable() as redis:
             await redis.publish(CANCEL_CHANNEL, message)
 
@@ -298,7 +305,7 @@ class RedisStore:
     def _dispatch(self, data: bytes) -> None:
         try:
             message = orjson.loads(data)
-            session_id, spoken_text = message["session"], message.get("spokenText")
+            session_id, spoken_text, turn_id = message["session"], message.get("spokenText"), message.get("turnId")
         except (orjson.JSONDecodeError, TypeError, KeyError):
             log.warning("cancel_message_malformed", data=data[:200])
             return
@@ -306,7 +313,11 @@ class RedisStore:
             return
         for callback in self._callbacks:
             try:
-                callback(session_id, spoken_text if isinstance(spoken_text, str) else None)
+                callback(
+                    session_id,
+                    spoken_text if isinstance(spoken_text, str) else None,
+                    turn_id if isinstance(turn_id, str) else None,
+                )
             except Exception:
                 log.exception("cancel_callback_failed", session_id=session_id)
 

@@ -186,6 +186,15 @@ class SQLiteStore(ProcessLocalLeases):
     async def set_variables(self, session_id: str, values: Mapping[str, Any]) -> None:
         merged = dict(await self._cached_variables(session_id) or ())
         merged.update(values)
+        await self._store_variables(session_id, merged)
+
+    async def delete_variables(self, session_id: str, keys: list[str]) -> None:
+        variables = dict(await self._cached_variables(session_id) or ())
+        for key in keys:
+            variables.pop(key, None)
+        await self._store_variables(session_id, variables)
+
+    async def _store_variables(self, session_id: str, merged: dict[str, Any]) -> None:
         self._remember(session_id, merged)
         blob = orjson.dumps(merged)
         await self._write(

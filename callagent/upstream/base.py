@@ -4,7 +4,8 @@ An upstream turns one caller utterance into an async stream of chunks:
 
 - ``str``: a piece of reply text, possibly containing ``<state>CODE</state>`` tags
   (the turn engine strips them; upstreams never parse tags themselves);
-- ``VariablesUpdate``: the workflow's variables after it changed them (a full map, not a diff);
+- ``VariablesUpdate``: variables the workflow set (FastGPT sends all of them, the local agent
+  the ones it changed); the engine merges them into the session's variables;
 - ``KEEPALIVE``: the upstream is alive but said nothing speakable (heartbeats, node status).
   It only resets the turn's idle deadline;
 - ``END_OF_SPEECH``: the reply is complete, but the upstream still has bookkeeping to finish on
@@ -24,7 +25,7 @@ from typing import Any, Final, Protocol
 
 
 class VariablesUpdate(dict[str, Any]):
-    """Workflow variables after an update node ran (all of them, not a diff)."""
+    """Variables the workflow set, merged into the session's variables by the engine."""
 
 
 class Marker:

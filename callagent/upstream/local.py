@@ -1094,12 +1094,12 @@ class LocalAgent:
 
     async def stream(self, turn: UpstreamTurn) -> AsyncGenerator[UpstreamChunk, None]:
         reply = self.reply(turn.text, turn.variables)
-        pieces = reply.pieces(self._chunk_chars)
-        for index, piece in enumerate(pieces):
+        # The call moves on as soon as the reply starts, like a workflow that already ran:
+        # a caller who barges in answers the question being asked, not the one before it.
+        yield VariablesUpdate(reply.variables)
+        for index, piece in enumerate(reply.pieces(self._chunk_chars)):
             if index and self._chunk_delay > 0:
                 await asyncio.sleep(self._chunk_delay)
-            if index == len(pieces) - 1:
-                yield VariablesUpdate(reply.variables)
             yield piece
 
     async def delete_records(self, session_id: str, record_ids: list[str]) -> None:

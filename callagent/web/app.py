@@ -17,13 +17,14 @@ from aiohttp.typedefs import Middleware
 
 from ..events import dumps
 from ..metrics import Metrics
-from ..settings import Settings
+from ..settings import ConfigError, Settings
 from ..stages import StageTable
 from ..store import create_store
 from ..turns import TurnEngine
+from ..upstream.base import Upstream
 from . import http, openapi, ws
 from .keys import ENGINE, METRICS, SETTINGS, SOCKETS, STAGES, STORE, UPSTREAM
-from .middlewares import api_key_auth, json_errors, request_context
+from .middlewares import add_request_id, api_key_auth, json_errors, request_context
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
@@ -36,12 +37,24 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = Metrics()
     app[STAGES] = StageTable.load(settings.stages_file or None)
     app[SOCKETS] = weakref.WeakSet()
+    if settings.upstream == "local":
+        app[UPSTREAM] = local_agent(settings)
     app.cleanup_ctx.extend([store_ctx, upstream_ctx, engine_ctx])
     app.on_shutdown.append(drain_then_close_sockets)
+    app.on_response_prepare.append(add_request_id)
     app.router.add_routes(http.routes)
     app.router.add_get("/ws", ws.websocket)
     app.router.add_get("/openapi.json", openapi.serve)
     return app
+
+
+def local_agent(settings: Settings) -> Upstream:
+    from ..upstream.local import LocalAgent
+
+    try:
+        return LocalAgent(settings.local_script or None, chunk_delay=settings.local_chunk_delay)
+    except ValueError as e:
+        raise ConfigError(f"CALLAGENT_LOCAL_SCRIPT: {e}") from None
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -69,11 +82,8 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                 connect_timeout=settings.connect_timeout,
             )
             yield
-        return
-    from ..upstream.local import LocalAgent
-
-    app[UPSTREAM] = LocalAgent(settings.local_script or None, chunk_delay=settings.local_chunk_delay)
-    yield
+    else:
+        yield  # the local agent was built (and its script checked) by create_app
 
 
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:

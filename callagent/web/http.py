@@ -120,8 +120,9 @@ async def cancel(request: web.Request) -> web.Response:
     spoken = v.optional_str(data, "spokenText", request.app[SETTINGS].max_text_chars)
     engine = request.app[ENGINE]
     cancelled = await engine.cancel(session_id, spoken)
-    if not cancelled:
-        cancelled = await request.app[STORE].lease_owner(session_id) is not None
+    if not cancelled and spoken is not None:
+        # The reply was already complete (the caller barged in on its playback).
+        await engine.record_spoken_text(session_id, spoken)
     return ok(data, cancelled=cancelled)
 
 

@@ -23,15 +23,22 @@ def error_response(error: CallagentError) -> web.Response:
     return web.json_response(error.body(), status=error.status, dumps=dumps)
 
 
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+    request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    response = await handler(request)
-    if not response.prepared:
-        response.headers["X-Request-Id"] = request_id
-    return response
+    return await handler(request)
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response, streamed ones too, names its request."""
+    if REQUEST_ID in request:
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
 
 
 @web.middleware
