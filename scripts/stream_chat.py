@@ -1,0 +1,128 @@
+"""Send one caller utterance to callagent and print the streamed reply as it arrives.
+
+``POST /chat?stream=true``, then one line per server-sent event, the moment it arrives::
+
+    $ python scripts/stream_chat.py a1002 发生了交通事故
+    stage_code {"nextStageCode":"1002","nextStage":"通话中","turnId":"95e830675b634a0b","seq":1}
+    text_delta {"text":"您好，这里是","turnId":"95e830675b634a0b","seq":2}
+    ...
+    done {"status":"completed","latency":{...},"turnId":"95e830675b634a0b","seq":7}
+
+Each line is the event name, a blank, then the event's ``data`` JSON exactly as received.
+Keep-alive comments (``: ping``) are shown only with ``--pings``.
+
+Exit status: 0 when the turn ended with ``done`` (``completed`` or ``cancelled``), 1 on an
+``error`` event, an HTTP error (its JSON body is printed as an ``error`` line), a stream that
+ended without a terminal event, or a connection failure; 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+TERMINAL = ("done", "error")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="POST /chat?stream=true to callagent and print each SSE event as it arrives."
+    )
+    parser.add_argument("session_id", metavar="sessionId", help="the call's id (1-128 of A-Z a-z 0-9 _ . : -)")
+    parser.add_argument("text", nargs="+", help="what the caller said (several words are joined by blanks)")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="callagent base URL (default %(default)s)")
+    parser.add_argument("--api-key", help="sent as `Authorization: Bearer <key>`")
+    parser.add_argument(
+        "--segment",
+        choices=["none", "clause"],
+        default="none",
+        help="clause: text_delta events carry whole clauses for speech synthesis",
+    )
+    parser.add_argument("--time-stamp", help="the request's timeStamp (default: now, YYYYMMDDhhmmss)")
+    parser.add_argument("--pings", action="store_true", help="also print the keep-alive comments")
+    return parser.parse_args(argv)
+
+
+async def sse_events(response: aiohttp.ClientResponse, pings: bool = False) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) per SSE frame as it arrives; comments as ("", ": ping") if ``pings``.
+
+    The body is split on LF by hand (not ``readline``) so that a very long ``data:`` line
+    (a whole reply in one event) has no length limit.
+    """
+    partial: list[bytes] = []  # the current line so far
+    event = ""
+    data: list[str] = []
+    async for chunk in response.content.iter_any():
+        *complete, rest = chunk.split(b"\n")
+        for piece in complete:
+            partial.append(piece)
+            line = b"".join(partial).rstrip(b"\r").decode("utf-8")
+            partial.clear()
+            if not line:  # a blank line ends the frame
+                if data or event:
+                    yield event or "message", "\n".join(data)
+                event, data = "", []
+            elif line.startswith(":"):
+                if pings:
+                    yield "", line
+            else:
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "event":
+                    event = value
+                elif name == "data":
+                    data.append(value)
+        if rest:
+            partial.append(rest)
+    if data or event:
+        yield event or "message", "\n".join(data)
+
+
+async def run(args: argparse.Namespace) -> int:
+    body = {
+        "sessionId": args.session_id,
+        "timeStamp": args.time_stamp or time.strftime("%Y%m%d%H%M%S"),
+        "text": " ".join(args.text),
+    }
+    params = {"stream": "true"}
+    if args.segment != "none":
+        params["segment"] = args.segment
+    headers = {"Accept": "text/event-stream"}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+    url = args.url.rstrip("/") + "/chat"
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url, json=body, params=params, headers=headers) as response,
+    ):
+        if response.status != 200 or not response.content_type.startswith("text/event-stream"):
+            print(f"stream_chat: HTTP {response.status}", file=sys.stderr)
+            print(f"error {(await response.text()).strip()}", flush=True)
+            return 1
+        async for event, data in sse_events(response, args.pings):
+            print(f"{event} {data}" if event else data, flush=True)
+            if event in TERMINAL:
+                return 1 if event == "error" else 0
+    print("stream_chat: the stream ended without a done or error event", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except aiohttp.ClientError as e:
+        print(f"stream_chat: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
