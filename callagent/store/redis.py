@@ -48,7 +48,7 @@ log = structlog.get_logger("callagent.store.redis")
 T = TypeVar("T")
 
 CANCEL_CHANNEL = "callagent:cancel"
-SOCKET_TIMEOUT = 1.0  # connect and read: a request that needs Redis fails within about this
+SOCKET_TIMEOUT = 2.0  # connect and read: a request that needs a hung Redis fails within about this
 HEALTH_CHECK_INTERVAL = 15  # seconds idle before a pooled connection is checked with PING
 RESUBSCRIBE_FIRST, RESUBSCRIBE_MAX = 0.05, 0.5  # pause between attempts to re-subscribe
 
