@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 CancelCallback = Callable[[str, str | None, str | None], None]
 """Called with (session_id, spoken_text, turn_id) when another process asks to stop the
 session's turn (``turn_id`` None: whatever turn runs)."""
@@ -45,6 +47,12 @@ class TurnRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)  # orjson encodes dataclasses natively, far faster than asdict
+
+    def copy(self) -> TurnRecord:
+        return TurnRecord.from_dict(orjson.loads(self.to_json()))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TurnRecord:

@@ -44,13 +44,13 @@ class MemoryStore(ProcessLocalLeases):
 
     async def save_turn(self, record: TurnRecord) -> None:
         self._variables.setdefault(record.session_id, {})
-        self._turns.setdefault(record.session_id, {})[record.turn_id] = TurnRecord.from_dict(record.to_dict())
+        self._turns.setdefault(record.session_id, {})[record.turn_id] = record.copy()
 
     async def turns(self, session_id: str) -> list[TurnRecord]:
-        return [TurnRecord.from_dict(t.to_dict()) for t in self._turns.get(session_id, {}).values()]
+        return [t.copy() for t in self._turns.get(session_id, {}).values()]
 
     async def last_turn(self, session_id: str) -> TurnRecord | None:
         for record in reversed(self._turns.get(session_id, {}).values()):
             if not record.deleted:
-                return TurnRecord.from_dict(record.to_dict())
+                return record.copy()
         return None

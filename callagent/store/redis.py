@@ -191,7 +191,7 @@ class RedisStore:
 
     async def save_turn(self, record: TurnRecord) -> None:
         keys = [_key(record.session_id, part) for part in ("vars", "turns", "order")]
-        args: list[str | bytes | int] = [record.turn_id, orjson.dumps(record.to_dict()), self.transcript_ttl]
+        args: list[str | bytes | int] = [record.turn_id, record.to_json(), self.transcript_ttl]
         with self._reachable():
             await self._scripts["save_turn"](keys=keys, args=args)
 

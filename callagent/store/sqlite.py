@@ -217,7 +217,7 @@ class SQLiteStore(ProcessLocalLeases):
     # -- transcript ------------------------------------------------------------------------
 
     async def save_turn(self, record: TurnRecord) -> None:
-        blob = orjson.dumps(record.to_dict())
+        blob = record.to_json()
         row = (record.session_id, record.turn_id, int(record.deleted), blob)
         session_known = await self._cached_variables(record.session_id) is not None
         if not session_known:
