@@ -179,12 +179,16 @@ class TurnEngine:
 
     @asynccontextmanager
     async def turn(self, request: TurnRequest) -> AsyncIterator[Turn]:
-        """Start a turn for a consumer; leaving the block early (disconnect) cancels it."""
+        """Start a turn for a consumer; leaving the block early (disconnect) cancels it.
+
+        Leaving after the terminal event does not: the turn may still be reading the upstream's
+        end-of-stream bookkeeping, which keeps the pooled upstream connection reusable.
+        """
         turn = self.start(request)
         try:
             yield turn
         finally:
-            if not turn.done:
+            if not turn.ended:
                 turn.cancel()
                 await asyncio.shield(turn.wait())
 
@@ -366,6 +370,8 @@ class TurnEngine:
         segment = turn.request.segment
         segmenter = ClauseSegmenter(segment) if segment else None
         first_token_at = progress.started + s.first_token_timeout
+        scheduled = min(first_token_at, progress.deadline)
+        slack = min(0.5, s.idle_timeout / 10)
         lease_renew_at = loop.time() + self._lease_ttl / 3
         flush_handle: asyncio.TimerHandle | None = None
 
@@ -396,7 +402,7 @@ class TurnEngine:
                 flush_handle = loop.call_later(segment.flush_delay, flush_segment)
 
         try:
-            async with asyncio.timeout_at(min(first_token_at, progress.deadline)) as deadline:
+            async with asyncio.timeout_at(scheduled) as deadline:
                 async for chunk in chunks:
                     now = loop.time()
                     if progress.first_byte is None:
@@ -413,8 +419,11 @@ class TurnEngine:
                         for key, value in chunk.items():
                             if variables.get(key) != value:
                                 progress.variables[key] = value
-                    next_deadline = now + s.idle_timeout if progress.first_text is not None else first_token_at
-                    deadline.reschedule(min(next_deadline, progress.deadline))
+                    if progress.first_text is not None and now + s.idle_timeout - scheduled > slack:
+                        # Moving the timer on every chunk is a measurable cost at high rates; the
+                        # idle deadline may so fire up to `slack` early, never late.
+                        scheduled = min(now + s.idle_timeout, progress.deadline)
+                        deadline.reschedule(scheduled)
                     if now >= lease_renew_at:
                         lease_renew_at = now + self._lease_ttl / 3
                         await self._keep_lease(turn)

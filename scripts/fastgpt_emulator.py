@@ -173,6 +173,7 @@ class RecordedRequest:
     query: dict[str, str]
     body: Any  # parsed JSON, or None
     headers: dict[str, str]
+    peer: str = ""  # "host:port" of the client's TCP connection (a reused connection keeps it)
 
 
 @dataclass(slots=True)
@@ -241,6 +242,7 @@ class Emulator:
         self.fault = fault
         self.slow_headers_delay = 10.0
         self.fault_after_chunks = 3  # answer chunks sent before a cut-short fault strikes
+        self.save_delay = 0.0  # seconds between workflowDuration and the stop chunk (saving the chat)
         self.requests: list[RecordedRequest] = []
         self.chats: dict[tuple[str, str], Chat] = {}
         self.streams: list[StreamLog] = []
@@ -363,12 +365,18 @@ async def _record_request(
                 {str(k): v for k, v in request.query.items()},
                 body,
                 {str(k): v for k, v in request.headers.items()},  # header names are `istr`
+                _peer(request),
             )
         )
     return await handler(request)
 
 
 # -- envelopes and small helpers ---------------------------------------------------------------
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""
 
 
 def _json_response(payload: Any, status: int = 200) -> web.Response:
@@ -840,6 +848,8 @@ class _Turn:
         duration = round(self.loop.time() - self.log.started, 2)
         writer.event("workflowDuration", orjson.dumps({"durationSeconds": duration}))
         await writer.flush()
+        if self.emu.save_delay > 0:
+            await asyncio.sleep(self.emu.save_delay)
         self._persist()  # FastGPT saves the chat between workflowDuration and the stop chunk
         writer.event("answer", _stop_json(self.version))
         writer.event("answer", b"[DONE]")

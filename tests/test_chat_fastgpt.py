@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import fastgpt_emulator as fe
@@ -231,3 +232,18 @@ async def test_newer_fastgpt_path_family(make_client: Any, fastgpt_settings: Any
     paths = [r.path for r in emulator.requests if r.method == "DELETE"]
     assert paths == ["/api/core/chat/record/delete"] * 2 + ["/api/core/chat/history/delHistory"]
     assert emulator.chat("a1002") is None
+
+
+async def test_the_upstream_connection_is_reused_across_turns(fastgpt_client: Any, emulator: Any) -> None:
+    """The turn reads FastGPT's end-of-stream bookkeeping after speech ends, so the pooled
+    connection goes back to the pool instead of being closed."""
+    emulator.save_delay = 0.05  # FastGPT saves the chat between workflowDuration and [DONE]
+    for transport in ("?stream=true", "", "?stream=true"):
+        resp = await fastgpt_client.post(f"/chat{transport}", json=body(text="喂"))
+        await resp.read()
+        async with asyncio.timeout(2):
+            while not emulator.streams[-1].closed.is_set():
+                await asyncio.sleep(0.01)
+        assert emulator.streams[-1].outcome == "completed"
+    peers = {r.peer for r in completions(emulator)}
+    assert len(completions(emulator)) == 3 and len(peers) == 1

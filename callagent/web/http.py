@@ -98,7 +98,13 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
     metrics = app[METRICS]
     async with (
         app[ENGINE].turn(turn_request) as turn,
-        sse_response(request, sep="\n", allow_all_methods=True, ping_interval=app[SETTINGS].sse_ping_interval) as sse,
+        sse_response(
+            request,
+            sep="\n",
+            allow_all_methods=True,
+            ping_interval=app[SETTINGS].sse_ping_interval,
+            send_timeout=None,  # the turn's own deadlines bound a stalled gateway
+        ) as sse,
     ):
         metrics.open_streams.inc()
         try:

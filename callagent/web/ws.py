@@ -142,7 +142,7 @@ class GatewaySocket:
             async for event in turn.events():
                 self.send(ws_message(event, turn.id, 0))
         finally:
-            if not turn.done:
+            if not turn.ended:  # the socket closed mid-turn
                 turn.cancel()
                 await asyncio.shield(turn.wait())
             self.pumps.pop(turn.id, None)
