@@ -60,6 +60,8 @@ class Settings:
     # What happens upstream to an interrupted turn's records: "keep" or "delete".
     interrupt_records: str = "keep"
     sse_ping_interval: float = 10.0
+    # A gateway that accepts no SSE bytes for this long is dropped (half-open or stalled).
+    sse_send_timeout: float = 15.0
     max_text_chars: int = 4000
     max_body_bytes: int = 64 * 1024
     ws_send_queue: int = 256
@@ -184,6 +186,7 @@ def _validate(s: Settings) -> None:
         "first_token_timeout",
         "idle_timeout",
         "turn_timeout",
+        "sse_send_timeout",
         "sse_ping_interval",
         "ws_heartbeat",
         "shutdown_timeout",

@@ -161,3 +161,4 @@ async def test_whole_turn_deadline(make_client: Any, fastgpt_settings: Any, emul
     assert data["error"]["type"] == "upstream_timeout" and "longer than 0.5s" in data["error"]["msg"]
     assert data["text"].endswith(FALLBACK) and data["nextStageCode"] == "0001"
     await assert_nothing_left(client, emulator)
+

@@ -6,8 +6,10 @@ session operation or an operational endpoint.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import structlog
 from aiohttp import web
 from aiohttp_sse import sse_response
 
@@ -19,6 +21,7 @@ from . import validation as v
 from .keys import ENGINE, METRICS, SETTINGS, STORE, UPSTREAM
 
 routes = web.RouteTableDef()
+log = structlog.get_logger("callagent.web")
 
 
 def ok(data: dict[str, Any], **extra: Any) -> web.Response:
@@ -96,6 +99,7 @@ async def _chat_json(request: web.Request, data: dict[str, Any], turn_request: T
 async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.StreamResponse:
     app = request.app
     metrics = app[METRICS]
+    send_timeout = app[SETTINGS].sse_send_timeout
     async with (
         app[ENGINE].turn(turn_request) as turn,
         sse_response(
@@ -103,7 +107,9 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
             sep="\n",
             allow_all_methods=True,
             ping_interval=app[SETTINGS].sse_ping_interval,
-            send_timeout=None,  # the turn's own deadlines bound a stalled gateway
+            # Also asks the kernel to drop the connection when sent bytes stay unacknowledged
+            # this long: a half-open gateway is noticed even when nothing blocks here.
+            send_timeout=send_timeout,
         ) as sse,
     ):
         metrics.open_streams.inc()
@@ -111,9 +117,16 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
             seq = 0
             async for event in turn.events():
                 seq += 1
-                await sse.write(sse_frame(event, turn.id, seq))
+                async with asyncio.timeout(send_timeout):
+                    await sse.write(sse_frame(event, turn.id, seq))
         except (ConnectionResetError, RuntimeError):
             pass  # the gateway went away; leaving the block cancels the turn
+        except TimeoutError:
+            log.warning(
+                "sse_slow_consumer", session_id=turn.session_id, turn_id=turn.id, reason="gateway is not reading"
+            )
+            if request.transport is not None:
+                request.transport.abort()
         finally:
             metrics.open_streams.dec()
     return sse
