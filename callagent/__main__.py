@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     web.run_app(
         app,
-        loop=_event_loop(),
+        loop=_event_loop(settings.uvloop),
         host=settings.host,
         port=settings.port,
         handler_cancellation=True,  # a gateway that hangs up cancels its turn at once
@@ -58,13 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed (the ``fast`` extra), else the standard loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+def _event_loop(prefer_uvloop: bool) -> asyncio.AbstractEventLoop:
+    """uvloop when wanted and installed (the ``fast`` extra), else the standard loop."""
+    if prefer_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 if __name__ == "__main__":

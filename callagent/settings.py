@@ -68,6 +68,7 @@ class Settings:
     ws_heartbeat: float = 20.0
     shutdown_timeout: float = 10.0
     transcript_ttl: int = 7 * 24 * 3600
+    uvloop: bool = True  # run on uvloop when it is installed (the `fast` extra)
     log_format: str = "auto"
     log_level: str = "info"
 

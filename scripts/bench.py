@@ -302,16 +302,9 @@ class Lab:
             "CALLAGENT_LOG_FORMAT": "json",
             "CALLAGENT_API_KEYS": "",
         }
-        args = ["serve", "--host", HOST, "--port", str(port)]
         if self.loop == "asyncio":
-            # callagent picks uvloop whenever it is installed; this swaps in the standard loop.
-            code = (
-                "import asyncio, sys; import callagent.__main__ as m; "
-                "m._event_loop = asyncio.new_event_loop; sys.exit(m.main(sys.argv[1:]))"
-            )
-            argv = [sys.executable, "-c", code, *args]
-        else:
-            argv = [sys.executable, "-m", "callagent", *args]
+            env["CALLAGENT_UVLOOP"] = "false"
+        argv = [sys.executable, "-m", "callagent", "serve", "--host", HOST, "--port", str(port)]
         server = Server(name, argv, env, port, self.workdir)
         self.servers.append(server)
         await server.start(http, "/healthz")
