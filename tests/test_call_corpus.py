@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("callagent.web.app")
-
 CALLS_DIR = Path(__file__).parent / "calls"
 
 

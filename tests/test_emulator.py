@@ -614,7 +614,6 @@ async def test_interactive_node_and_its_resume(start: Start) -> None:
 
 
 async def test_local_brain(start: Start) -> None:
-    pytest.importorskip("callagent.upstream.local")
     h = await start(brain=fe.LocalBrain(), chunk_chars=8)
     _, _, raw = await h.turn(turn_body("你好"))
     assert "<state>" in spoken(raw)
