@@ -136,7 +136,6 @@ class _Progress:
     deadline: float
     clock_start: float = field(default_factory=perf_counter)  # the latency figures use a fine clock
     text: list[str] = field(default_factory=list)
-    stage: str | None = None
     stages: list[str] = field(default_factory=list)
     terminal_stage: bool = False
     variables: dict[str, Any] = field(default_factory=dict)
@@ -145,6 +144,11 @@ class _Progress:
     first_stage: float | None = None
     chunks: AsyncGenerator[UpstreamChunk, None] | None = None  # the upstream reply, once asked for
     leased: bool = False
+
+    @property
+    def stage(self) -> str | None:
+        """The stage code reported last: the one that wins."""
+        return self.stages[-1] if self.stages else None
 
 
 class TurnEngine:
@@ -159,7 +163,6 @@ class TurnEngine:
         self._running: dict[str, Turn] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._lease_ttl = settings.connect_timeout + max(settings.first_token_timeout, settings.idle_timeout) + 5
-        self._fallback_stage = stages.resolve(settings.fallback_stage)
         store.on_cancel(self._on_remote_cancel)
 
     # -- starting and stopping turns -------------------------------------------------------
@@ -419,7 +422,11 @@ class TurnEngine:
                         for key, value in chunk.items():
                             if variables.get(key) != value:
                                 progress.variables[key] = value
-                    if progress.first_text is not None and now + s.idle_timeout - scheduled > slack:
+                    if (
+                        progress.first_text is not None
+                        and scheduled < progress.deadline
+                        and now + s.idle_timeout - scheduled > slack
+                    ):
                         # Moving the timer on every chunk is a measurable cost at high rates; the
                         # idle deadline may so fire up to `slack` early, never late.
                         scheduled = min(now + s.idle_timeout, progress.deadline)
@@ -459,7 +466,6 @@ class TurnEngine:
         stage = self.stages.resolve(code)
         if progress.first_stage is None:
             progress.first_stage = perf_counter()
-        progress.stage = stage.code
         progress.stages.append(stage.code)
         progress.terminal_stage = stage.terminal
         turn.emit(StageCode(stage.code, stage.name))
