@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from ..errors import CallagentError, InvalidRequest, SessionNotFound
+from ..errors import InvalidRequest, SessionNotFound, error_for
 from ..events import FoldedReply, dumps, sse_frame
 from ..segment import SegmentOptions
 from ..turns import TurnRequest
@@ -78,9 +78,7 @@ async def _chat_json(request: web.Request, data: dict[str, Any], turn_request: T
         async for event in turn.events():
             reply.add(event)
     if reply.error is not None and not request.app[SETTINGS].fallback_enabled:
-        error = CallagentError(reply.error.msg)
-        error.status, error.type = int(reply.error.code), reply.error.type
-        raise error
+        raise error_for(reply.error.type, reply.error.msg)
     extra: dict[str, Any] = {
         "turnId": turn.id,
         "nextStageCode": reply.stage.code if reply.stage else "",
