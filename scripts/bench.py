@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,9 +333,14 @@ class Turn:
     error: str | None = None
 
 
-def _frames(buffer: bytes) -> tuple[list[bytes], bytes]:
-    parts = buffer.split(b"\n\n")
-    return parts[:-1], parts[-1]
+async def sse_frames(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[float, bytes]]:
+    """Every complete SSE frame of a response, with the time its bytes arrived."""
+    pending = b""
+    async for block in response.content.iter_any():
+        now = time.monotonic()
+        *frames, pending = (pending + block).split(b"\n\n")
+        for frame in frames:
+            yield now, frame
 
 
 async def sse_via(http: aiohttp.ClientSession, base: str, session_id: str, clause: bool) -> Turn:
@@ -349,22 +354,18 @@ async def sse_via(http: aiohttp.ClientSession, base: str, session_id: str, claus
             if r.status != 200:
                 turn.error = f"HTTP {r.status}"
                 return turn
-            pending = b""
-            async for block in r.content.iter_any():
-                now = time.monotonic()
-                frames, pending = _frames(pending + block)
-                for frame in frames:
-                    if not frame.startswith(b"event: "):
-                        continue  # ": ping" comments
-                    turn.events += 1
-                    name = frame[7 : frame.index(b"\n")]
-                    if name == b"text_delta":
-                        if turn.first is None:
-                            turn.first = now - turn.sent
-                    elif name == b"done":
-                        status = "completed" if b'"completed"' in frame else "cancelled"
-                    elif name == b"error":
-                        status = "error: " + frame.split(b"data: ", 1)[-1][:200].decode(errors="replace")
+            async for now, frame in sse_frames(r):
+                if not frame.startswith(b"event: "):
+                    continue  # ": ping" comments
+                turn.events += 1
+                name = frame[7 : frame.index(b"\n")]
+                if name == b"text_delta":
+                    if turn.first is None:
+                        turn.first = now - turn.sent
+                elif name == b"done":
+                    status = "completed" if b'"completed"' in frame else "cancelled"
+                elif name == b"error":
+                    status = "error: " + frame.split(b"data: ", 1)[-1][:200].decode(errors="replace")
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
         turn.error = f"{type(e).__name__}: {e}"
         return turn
@@ -401,29 +402,25 @@ async def sse_direct(http: aiohttp.ClientSession, base: str, session_id: str, cl
             if r.status != 200:
                 turn.error = f"HTTP {r.status}"
                 return turn
-            pending = b""
-            async for block in r.content.iter_any():
-                now = time.monotonic()
-                frames, pending = _frames(pending + block)
-                for frame in frames:
-                    if frame.startswith(b"event: workflowDuration"):
-                        completed = True
-                    elif frame.startswith(b"event: error"):
-                        turn.error = frame.decode(errors="replace")[:200]
-                    elif frame.startswith(b"event: answer\ndata: {"):
-                        delta = orjson.loads(frame[20:])["choices"][0]["delta"]
-                        content = delta.get("content")
-                        if not content:
+            async for now, frame in sse_frames(r):
+                if frame.startswith(b"event: workflowDuration"):
+                    completed = True
+                elif frame.startswith(b"event: error"):
+                    turn.error = frame.decode(errors="replace")[:200]
+                elif frame.startswith(b"event: answer\ndata: {"):
+                    delta = orjson.loads(frame[20:])["choices"][0]["delta"]
+                    content = delta.get("content")
+                    if not content:
+                        continue
+                    turn.events += 1
+                    if turn.first is not None:
+                        continue
+                    for item in parser.feed(content):
+                        if isinstance(item, StageTag) or not item:
                             continue
-                        turn.events += 1
-                        if turn.first is not None:
-                            continue
-                        for item in parser.feed(content):
-                            if isinstance(item, StageTag) or not item:
-                                continue
-                            if segmenter is None or segmenter.feed(item):
-                                turn.first = now - turn.sent
-                                break
+                        if segmenter is None or segmenter.feed(item):
+                            turn.first = now - turn.sent
+                            break
     except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
         turn.error = f"{type(e).__name__}: {e}"
         return turn
