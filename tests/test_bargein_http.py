@@ -20,6 +20,15 @@ async def first_frame(resp: Any, name: str) -> None:
         buffer += await asyncio.wait_for(resp.content.readany(), 5)
 
 
+async def long_stream_under_way(client: Any, emulator: Any, session_id: str) -> Any:
+    """An SSE turn of LONG_REPLY, read until its first text_delta has arrived."""
+    emulator.brain = fe.ScriptedBrain([LONG_REPLY])
+    emulator.chunk_delay = 0.05
+    resp = await client.post("/chat?stream=true", json=body(session_id, text="喂"))
+    await first_frame(resp, "text_delta")
+    return resp
+
+
 async def no_running_turns(client: Any) -> None:
     async with asyncio.timeout(2):
         while b"callagent_running_turns 0.0" not in await (await client.get("/metrics")).read():
@@ -41,10 +50,7 @@ async def test_second_chat_cancels_the_first_stream(fastgpt_client: Any, emulato
 
 
 async def test_post_cancel_stops_the_stream_and_closes_upstream(fastgpt_client: Any, emulator: Any) -> None:
-    emulator.brain = fe.ScriptedBrain([LONG_REPLY])
-    emulator.chunk_delay = 0.05
-    resp = await fastgpt_client.post("/chat?stream=true", json=body("h2", text="喂"))
-    await first_frame(resp, "text_delta")
+    resp = await long_stream_under_way(fastgpt_client, emulator, "h2")
     cancelled_at = asyncio.get_running_loop().time()
     reply = await fastgpt_client.post("/cancel", json=body("h2", spokenText="请您先把"))
     assert (await reply.json())["cancelled"] is True
@@ -58,10 +64,7 @@ async def test_post_cancel_stops_the_stream_and_closes_upstream(fastgpt_client: 
 
 
 async def test_gateway_hanging_up_cancels_the_turn(fastgpt_client: Any, emulator: Any) -> None:
-    emulator.brain = fe.ScriptedBrain([LONG_REPLY])
-    emulator.chunk_delay = 0.05
-    resp = await fastgpt_client.post("/chat?stream=true", json=body("h3", text="喂"))
-    await first_frame(resp, "text_delta")
+    resp = await long_stream_under_way(fastgpt_client, emulator, "h3")
     hung_up_at = asyncio.get_running_loop().time()
     resp.close()
     (stream,) = emulator.streams
