@@ -313,7 +313,11 @@ class TurnEngine:
                 await prior.wait()
             progress.leased = await self._acquire_lease(turn, progress)
             variables = await self.store.get_variables(turn.session_id)
-            upstream_turn = UpstreamTurn(turn.session_id, turn.id, turn.request.text, variables)
+            history: tuple[TurnRecord, ...] = ()
+            if self.upstream.history_turns:
+                rows = [r for r in await self.store.turns(turn.session_id) if not r.deleted and r.turn_id != turn.id]
+                history = tuple(rows[-self.upstream.history_turns :])
+            upstream_turn = UpstreamTurn(turn.session_id, turn.id, turn.request.text, variables, history)
             record.upstream_records = [upstream_turn.human_record_id, upstream_turn.ai_record_id]
             progress.chunks = self.upstream.stream(upstream_turn)
             await self._relay(turn, progress.chunks, progress, variables)

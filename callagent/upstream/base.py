@@ -23,6 +23,8 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from ..store.base import TurnRecord
+
 
 class VariablesUpdate(dict[str, Any]):
     """Variables the workflow set, merged into the session's variables by the engine."""
@@ -54,6 +56,10 @@ class UpstreamTurn:
     turn_id: str
     text: str
     variables: Mapping[str, Any] = field(default_factory=dict)
+    # The session's earlier turns, oldest first, for upstreams that keep no conversation of
+    # their own (``Upstream.history_turns`` > 0): what the caller said and, in ``spoken_text``
+    # when they barged in, what they heard. Deleted turns are left out.
+    history: tuple[TurnRecord, ...] = ()
 
     @property
     def human_record_id(self) -> str:
@@ -70,6 +76,8 @@ class Upstream(Protocol):
     """The workflow callagent talks to: FastGPT or the embedded local agent."""
 
     name: str
+    history_turns: int
+    """How many earlier turns the engine passes in ``UpstreamTurn.history`` (0: none)."""
 
     def stream(self, turn: UpstreamTurn) -> AsyncGenerator[UpstreamChunk, None]:
         """Run one turn; yield reply chunks as soon as they exist."""

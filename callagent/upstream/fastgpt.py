@@ -1,8 +1,7 @@
 """FastGPT OpenAPI client: one pooled aiohttp session, every turn ``stream:true, detail:true``.
 
-The stream is read as raw bytes and split into lines here, not with ``readline`` (its line
-limit would break on a large frame). Frames are dispatched on their ``data:`` line, since
-FastGPT's payloads are single-line JSON; the blank line that follows adds nothing.
+The stream is read with callagent's one SSE reader (``callagent.sse``), which has no
+``readline`` line limit to break on a large frame.
 
 What counts as speech: ``answer`` and ``fastAnswer`` content (never ``reasoning_content``),
 and the question of an ``interactive`` node. The reply ends at ``workflowDuration`` (end of
@@ -21,11 +20,11 @@ import orjson
 import structlog
 
 from ..errors import UpstreamAuth, UpstreamError, UpstreamProtocol, UpstreamUnavailable
+from ..sse import SSEError, SSEEvent, read_events
 from .base import END_OF_SPEECH, KEEPALIVE, UpstreamChunk, UpstreamTurn, VariablesUpdate
 
 log = structlog.get_logger(__name__)
 
-MAX_LINE_BYTES = 8 * 1024 * 1024
 _AUTH_CODES = {401, 403, 511, 514, 504000}
 
 OPTIONS_KEY = "_fastgpt_options"
@@ -47,6 +46,7 @@ PATHS = {
 
 class FastGPTClient:
     name = "fastgpt"
+    history_turns = 0  # FastGPT keeps the conversation itself (chatId)
 
     def __init__(
         self,
@@ -176,32 +176,14 @@ class FastGPTClient:
 # -- stream parsing -------------------------------------------------------------------------
 
 
-async def _frames(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[bytes | None, bytes]]:
-    """(event name or None, data) for every ``data:`` line of an SSE body."""
-    event: bytes | None = None
-    pending = b""
-    blocks = response.content.iter_any().__aiter__()
-    while True:
-        try:
-            block = await blocks.__anext__()
-        except StopAsyncIteration:
-            break
-        except (aiohttp.ClientError, ConnectionError) as e:
-            raise UpstreamProtocol(f"FastGPT connection broke mid-stream: {e!r}") from e
-        if pending:
-            block = pending + block
-        lines = block.split(b"\n")
-        pending = lines.pop()
-        if len(pending) > MAX_LINE_BYTES:
-            raise UpstreamProtocol("FastGPT sent an overlong line")
-        for line in lines:
-            if line.startswith(b"data:"):
-                yield event, line[5:].strip()
-                event = None
-            elif line.startswith(b"event:"):
-                event = line[6:].strip()
-    if pending.startswith(b"data:"):
-        yield event, pending[5:].strip()
+async def _frames(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
+    try:
+        async for event in read_events(response):
+            yield event
+    except SSEError as e:
+        raise UpstreamProtocol(f"FastGPT sent a broken stream: {e}") from None
+    except (aiohttp.ClientError, ConnectionError) as e:
+        raise UpstreamProtocol(f"FastGPT connection broke mid-stream: {type(e).__name__}") from None
 
 
 def _chunk_of(event: bytes | None, data: bytes) -> UpstreamChunk | None:

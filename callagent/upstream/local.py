@@ -1076,6 +1076,7 @@ class LocalAgent:
     """The embedded intake agent, speaking the same tagged-text protocol as a workflow."""
 
     name = "local"
+    history_turns = 0
 
     def __init__(
         self, script_path: Path | str | None = None, *, chunk_chars: int = 6, chunk_delay: float = 0.0
