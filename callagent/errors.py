@@ -109,14 +109,3 @@ class UpstreamAuth(UpstreamError):
 class UpstreamProtocol(UpstreamError):
     status = 502
     type = "upstream_protocol"
-
-
-def error_for(type_: str, msg: str) -> CallagentError:
-    """The error of this stable ``type`` (an in-band error event raised again as an exception)."""
-    pending: list[type[CallagentError]] = [CallagentError]
-    while pending:
-        cls = pending.pop()
-        if cls.type == type_:
-            return cls(msg)
-        pending.extend(cls.__subclasses__())
-    return CallagentError(msg)

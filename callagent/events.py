@@ -3,6 +3,9 @@
 The turn engine yields ``StageCode``, ``TextDelta`` and finally ``Done`` or ``Error``.
 Transports differ only in encoding:
 
+Errors travel as objects (``Error.error`` is the ``CallagentError``) and each wire format has
+one encoder: the HTTP body (``CallagentError.body``), the SSE ``error`` event, ``ws_error``.
+
 - SSE (``sse_frame``): ``event: <name>\\n`` + one ``data: <json>\\n`` + blank line, LF only,
   no ``id:``/``retry:`` lines; the byte layout the original service produced.
 - WebSocket (``ws_message``): one JSON object with ``type`` = the event name.
@@ -15,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from .errors import CallagentError
 
 
 @dataclass(slots=True)
@@ -48,13 +53,17 @@ class Done:
 
 @dataclass(slots=True)
 class Error:
-    type: str
-    msg: str
-    code: str = "500"
+    """The turn failed: the error object itself travels to every transport's encoder."""
+
+    error: CallagentError
     event = "error"
 
+    @property
+    def type(self) -> str:
+        return self.error.type
+
     def fields(self) -> dict[str, Any]:
-        return {"msg": self.msg, "code": self.code, "type": self.type}
+        return self.error.body()
 
 
 Event = StageCode | TextDelta | Done | Error
@@ -74,12 +83,19 @@ def sse_frame(event: Event, turn_id: str, seq: int) -> bytes:
 
 
 def ws_message(event: Event, turn_id: str, seq: int) -> dict[str, Any]:
+    if isinstance(event, Error):
+        return ws_error(event.error, turnId=turn_id, seq=seq)
     msg: dict[str, Any] = {"type": event.event, "turnId": turn_id, "seq": seq}
     msg.update(event.fields())
-    if isinstance(event, Error):
-        # "type" is the message type on a socket; the error kind travels as "error".
-        msg["type"] = "error"
-        msg["error"] = event.type
+    return msg
+
+
+def ws_error(error: CallagentError, reply_to: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An error as a WebSocket message: ``type`` is the message type on a socket, so the error
+    kind travels as ``error``."""
+    msg: dict[str, Any] = {"type": "error", **extra, "code": str(error.status), "msg": error.msg, "error": error.type}
+    if reply_to:
+        msg["replyTo"] = reply_to
     return msg
 
 

@@ -16,7 +16,10 @@ class Metrics:
             "callagent_turns", "Turns ended, by transport and status", ["transport", "status"], registry=r
         )
         self.stage_codes = Counter("callagent_stage_codes", "Stage codes sent to gateways", ["code"], registry=r)
-        self.upstream_errors = Counter("callagent_upstream_errors", "Failed turns, by error type", ["type"], registry=r)
+        self.turn_errors = Counter("callagent_turn_errors", "Failed turns, by error type", ["type"], registry=r)
+        self.upstream_errors = Counter(
+            "callagent_upstream_errors", "Turns failed by the upstream, by error type", ["type"], registry=r
+        )
         self.upstream_first_byte = Histogram(
             "callagent_upstream_first_byte_seconds",
             "Turn start to the upstream's first chunk",

@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Middleware
 
+from ..commands import SessionCommands
 from ..events import dumps
 from ..metrics import Metrics
 from ..settings import ConfigError, Settings
@@ -23,7 +24,7 @@ from ..store import create_store
 from ..turns import TurnEngine
 from ..upstream.base import Upstream
 from . import http, openapi, ws
-from .keys import ENGINE, METRICS, SETTINGS, SOCKETS, STAGES, STORE, UPSTREAM
+from .keys import COMMANDS, ENGINE, METRICS, SETTINGS, SOCKETS, STAGES, STORE, UPSTREAM
 from .middlewares import add_request_id, api_key_auth, json_errors, request_context
 
 
@@ -89,6 +90,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = TurnEngine(app[SETTINGS], app[STORE], app[UPSTREAM], app[STAGES], app[METRICS])
     app[ENGINE] = engine
+    app[COMMANDS] = SessionCommands(engine, app[STORE], app[UPSTREAM], app[SETTINGS])
     yield
     await engine.close()
 

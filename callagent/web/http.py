@@ -1,4 +1,4 @@
-"""HTTP handlers: parse and check the request, hand it to the turn engine or the store, encode.
+"""The original HTTP API: decode the request, make one call on the session-command layer, encode.
 
 ``POST /chat`` serves both the folded JSON reply and the SSE stream; everything else is a
 session operation or an operational endpoint.
@@ -13,12 +13,10 @@ import structlog
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from ..errors import InvalidRequest, SessionNotFound, error_for
 from ..events import FoldedReply, dumps, sse_frame
-from ..segment import SegmentOptions
 from ..turns import TurnRequest
 from . import validation as v
-from .keys import ENGINE, METRICS, SETTINGS, STORE, UPSTREAM
+from .keys import COMMANDS, METRICS, SETTINGS, STORE, UPSTREAM
 
 routes = web.RouteTableDef()
 log = structlog.get_logger("callagent.web")
@@ -38,18 +36,7 @@ async def request_data(request: web.Request) -> dict[str, Any]:
 
 
 async def known_session(request: web.Request, data: dict[str, Any]) -> str:
-    session_id = v.session_id(data)
-    if not await request.app[ENGINE].session_known(session_id):
-        raise SessionNotFound(f"unknown session {session_id}")
-    return session_id
-
-
-def segment_options(mode: str | None) -> SegmentOptions | None:
-    if mode in (None, "", "none"):
-        return None
-    if mode == "clause":
-        return SegmentOptions()
-    raise InvalidRequest("segment: must be 'none' or 'clause'")
+    return await request.app[COMMANDS].require_session(v.session_id(data))
 
 
 # -- turns ----------------------------------------------------------------------------------
@@ -65,7 +52,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         text=v.required_str(data, "text", settings.max_text_chars),
         time_stamp=v.time_stamp(data),
         transport="sse" if stream else "http",
-        segment=segment_options(request.query.get("segment")) if stream else None,
+        segment=v.segment_options(request.query.get("segment")) if stream else None,
     )
     if stream:
         return await _chat_sse(request, turn_request)
@@ -74,11 +61,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 async def _chat_json(request: web.Request, data: dict[str, Any], turn_request: TurnRequest) -> web.Response:
     reply = FoldedReply()
-    async with request.app[ENGINE].turn(turn_request) as turn:
+    async with request.app[COMMANDS].turn(turn_request) as turn:
         async for event in turn.events():
             reply.add(event)
     if reply.error is not None and not request.app[SETTINGS].fallback_enabled:
-        raise error_for(reply.error.type, reply.error.msg)
+        raise reply.error.error
     extra: dict[str, Any] = {
         "turnId": turn.id,
         "nextStageCode": reply.stage.code if reply.stage else "",
@@ -99,7 +86,7 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
     metrics = app[METRICS]
     send_timeout = app[SETTINGS].sse_send_timeout
     async with (
-        app[ENGINE].turn(turn_request) as turn,
+        app[COMMANDS].turn(turn_request) as turn,
         sse_response(
             request,
             sep="\n",
@@ -135,12 +122,8 @@ async def cancel(request: web.Request) -> web.Response:
     data = await v.json_body(request)
     session_id = await known_session(request, data)
     spoken = v.optional_str(data, "spokenText", request.app[SETTINGS].max_text_chars)
-    engine = request.app[ENGINE]
-    cancelled = await engine.cancel(session_id, spoken)
-    if not cancelled and spoken is not None:
-        # The reply was already complete (the caller barged in on its playback).
-        await engine.record_spoken_text(session_id, spoken)
-    return ok(data, cancelled=cancelled)
+    interruption = await request.app[COMMANDS].interrupt(session_id, spoken)
+    return ok(data, cancelled=interruption.cancelled)
 
 
 # -- session operations ---------------------------------------------------------------------
@@ -150,7 +133,7 @@ async def cancel(request: web.Request) -> web.Response:
 async def set_info(request: web.Request) -> web.Response:
     data = await v.json_body(request)
     session_id = v.session_id(data)
-    await request.app[STORE].set_variables(session_id, {v.variable_key(data): v.variable_value(data)})
+    await request.app[COMMANDS].set_variables(session_id, {v.variable_key(data): v.variable_value(data)})
     return ok(data)
 
 
@@ -159,7 +142,7 @@ async def set_info(request: web.Request) -> web.Response:
 async def get_info(request: web.Request) -> web.Response:
     data = await request_data(request)
     session_id = await known_session(request, data)
-    variables = await request.app[STORE].get_variables(session_id)
+    variables = await request.app[COMMANDS].get_variables(session_id)
     key = v.optional_str(data, "key", v.MAX_KEY_CHARS)
     if key is not None:
         return ok(data, key=key, value=variables.get(key))
@@ -170,7 +153,7 @@ async def get_info(request: web.Request) -> web.Response:
 async def delete_last_turn(request: web.Request) -> web.Response:
     data = await v.json_body(request)
     session_id = await known_session(request, data)
-    deleted = await request.app[ENGINE].delete_last_turn(session_id)
+    deleted = await request.app[COMMANDS].delete_last_turn(session_id)
     return ok(data, turnId=deleted)
 
 
@@ -179,7 +162,7 @@ async def delete_last_turn(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     data = await request_data(request)
     session_id = await known_session(request, data)
-    await request.app[ENGINE].delete_session(session_id)
+    await request.app[COMMANDS].delete_session(session_id)
     return ok(data)
 
 

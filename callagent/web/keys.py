@@ -6,6 +6,7 @@ import weakref
 
 from aiohttp import web
 
+from ..commands import SessionCommands
 from ..metrics import Metrics
 from ..settings import Settings
 from ..stages import StageTable
@@ -19,4 +20,5 @@ STAGES = web.AppKey("stages", StageTable)
 STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", Upstream)
 ENGINE = web.AppKey("engine", TurnEngine)
+COMMANDS = web.AppKey("commands", SessionCommands)
 SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])

@@ -11,8 +11,10 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import InvalidRequest, MalformedJSON, PayloadTooLarge
+from ..segment import SegmentOptions
 
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+"""Session and turn ids: safe in logs, keys and URLs."""
 MAX_KEY_CHARS = 128
 MAX_VALUE_BYTES = 16 * 1024
 _SCALARS = (str, int, float, bool, type(None))
@@ -110,3 +112,20 @@ def flag(data: Mapping[str, Any], field: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidRequest(f"{field}: must be true or false")
     return value
+
+
+def turn_id(data: Mapping[str, Any], field: str = "turnId") -> str | None:
+    """An optional gateway-chosen turn id."""
+    value = data.get(field)
+    if value is not None and (not isinstance(value, str) or not SESSION_ID_RE.fullmatch(value)):
+        raise InvalidRequest(f"{field}: 1 to 128 characters of A-Z a-z 0-9 _ . : -")
+    return value
+
+
+def segment_options(mode: str | None) -> SegmentOptions | None:
+    """``segment``: ``none`` (the default) or ``clause`` (whole clauses for speech synthesis)."""
+    if mode in (None, "", "none"):
+        return None
+    if mode == "clause":
+        return SegmentOptions()
+    raise InvalidRequest("segment: must be 'none' or 'clause'")

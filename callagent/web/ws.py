@@ -17,12 +17,11 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
-from ..errors import CallagentError, InvalidRequest, SessionNotFound
-from ..events import ws_message
+from ..errors import CallagentError, InvalidRequest
+from ..events import ws_error, ws_message
 from ..turns import Turn, TurnRequest
 from . import validation as v
-from .http import segment_options
-from .keys import ENGINE, METRICS, SETTINGS, SOCKETS, STORE
+from .keys import COMMANDS, METRICS, SETTINGS, SOCKETS
 
 log = structlog.get_logger("callagent.ws")
 
@@ -50,8 +49,7 @@ class GatewaySocket:
         self.request = request
         self.ws = ws
         self.settings = app[SETTINGS]
-        self.engine = app[ENGINE]
-        self.store = app[STORE]
+        self.commands = app[COMMANDS]
         self.session_id: str | None = None
         self.segments: dict[str, Any] = {}
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.settings.ws_send_queue)
@@ -88,8 +86,10 @@ class GatewaySocket:
     async def handle(self, raw: str) -> None:
         kind = None
         try:
-            if len(raw) > self.settings.max_body_bytes:
-                raise InvalidRequest(f"frame larger than {self.settings.max_body_bytes} bytes")
+            # A character is at least one byte: only a long frame needs encoding to be measured.
+            limit = self.settings.max_body_bytes
+            if len(raw) > limit or (len(raw) * 4 > limit and len(raw.encode()) > limit):
+                raise InvalidRequest(f"frame larger than {limit} bytes")
             msg = v.parse_object(raw)
             kind = msg.get("type")
             handler = self.handlers.get(kind) if isinstance(kind, str) else None
@@ -107,32 +107,27 @@ class GatewaySocket:
         return self.session_id
 
     async def known_session(self, msg: dict[str, Any]) -> str:
-        session_id = self.session_of(msg)
-        if not await self.engine.session_known(session_id):
-            raise SessionNotFound(f"unknown session {session_id}")
-        return session_id
+        return await self.commands.require_session(self.session_of(msg))
 
     # -- messages --------------------------------------------------------------------------
 
     async def on_start(self, msg: dict[str, Any]) -> None:
         session_id = v.session_id(msg)
         variables = v.variables(msg)
-        segment = segment_options(v.optional_str(msg, "segment", 16))
+        segment = v.segment_options(v.optional_str(msg, "segment", 16))
         self.session_id = session_id
         self.segments[session_id] = segment
         if variables:
-            await self.store.set_variables(session_id, variables)
+            await self.commands.set_variables(session_id, variables)
         self.send({"type": "ack", "for": "start", "sessionId": session_id})
 
     async def on_chat(self, msg: dict[str, Any]) -> None:
         session_id = self.session_of(msg)
         text = v.required_str(msg, "text", self.settings.max_text_chars)
-        turn_id = msg.get("turnId")
-        if turn_id is not None and (not isinstance(turn_id, str) or not v.SESSION_ID_RE.fullmatch(turn_id)):
-            raise InvalidRequest("turnId: 1 to 128 characters of A-Z a-z 0-9 _ . : -")
+        turn_id = v.turn_id(msg)
         if turn_id is not None and turn_id in self.pumps:
             raise InvalidRequest(f"turnId: {turn_id} is already running")
-        turn = self.engine.start(
+        turn = self.commands.start_turn(
             TurnRequest(session_id, text, transport="ws", turn_id=turn_id, segment=self.segments.get(session_id))
         )
         self.pumps[turn.id] = asyncio.create_task(self.pump(turn), name=f"ws-pump-{turn.id}")
@@ -151,32 +146,29 @@ class GatewaySocket:
         session_id = self.session_of(msg)
         turn_id = v.optional_str(msg, "turnId", 128)
         spoken = v.optional_str(msg, "spokenText", self.settings.max_text_chars)
-        turn = self.engine.running(session_id)
-        cancelled = False
-        if turn is None:
-            cancelled = await self.engine.cancel(session_id, spoken, turn_id)  # on another instance
-        elif turn_id in (None, turn.id):
-            cancelled = turn.cancel(spoken)
-            pump = self.pumps.get(turn.id)
-            # Wait until the turn's `done` is queued, so nothing of it follows the ack.
-            await asyncio.shield(pump if pump is not None else turn.wait())
-            turn_id = turn.id
-        if not cancelled and spoken is not None:
-            # The reply was already complete (the caller barged in on its playback).
-            await self.engine.record_spoken_text(session_id, spoken, turn_id)
+        interruption = await self.commands.interrupt(session_id, spoken, turn_id)
+        pump = self.pumps.get(interruption.turn.id) if interruption.turn is not None else None
+        if pump is not None:
+            await asyncio.shield(pump)  # the turn's `done` is on its way out before the ack
         self.send(
-            {"type": "ack", "for": "interrupt", "sessionId": session_id, "turnId": turn_id, "cancelled": cancelled}
+            {
+                "type": "ack",
+                "for": "interrupt",
+                "sessionId": session_id,
+                "turnId": interruption.turn_id,
+                "cancelled": interruption.cancelled,
+            }
         )
 
     async def on_set_info(self, msg: dict[str, Any]) -> None:
         session_id = self.session_of(msg)
         key, value = v.variable_key(msg), v.variable_value(msg)
-        await self.store.set_variables(session_id, {key: value})
+        await self.commands.set_variables(session_id, {key: value})
         self.send({"type": "ack", "for": "set_info", "sessionId": session_id, "key": key})
 
     async def on_get_info(self, msg: dict[str, Any]) -> None:
         session_id = await self.known_session(msg)
-        variables = await self.store.get_variables(session_id)
+        variables = await self.commands.get_variables(session_id)
         key = v.optional_str(msg, "key", v.MAX_KEY_CHARS)
         if key is not None:
             self.send({"type": "info", "sessionId": session_id, "key": key, "value": variables.get(key)})
@@ -185,7 +177,7 @@ class GatewaySocket:
 
     async def on_delete_last_turn(self, msg: dict[str, Any]) -> None:
         session_id = await self.known_session(msg)
-        deleted = await self.engine.delete_last_turn(session_id)
+        deleted = await self.commands.delete_last_turn(session_id)
         self.send({"type": "ack", "for": "delete_last_turn", "sessionId": session_id, "turnId": deleted})
 
     async def on_ping(self, msg: dict[str, Any]) -> None:
@@ -205,10 +197,7 @@ class GatewaySocket:
                     self.request.transport.abort()
 
     def send_error(self, error: CallagentError, reply_to: str | None = None) -> None:
-        msg: dict[str, Any] = {"type": "error", "code": str(error.status), "msg": error.msg, "error": error.type}
-        if reply_to:
-            msg["replyTo"] = reply_to
-        self.send(msg)
+        self.send(ws_error(error, reply_to))
 
     async def write_loop(self) -> None:
         while True:

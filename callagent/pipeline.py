@@ -1,0 +1,154 @@
+"""A turn's reply pipeline and its deadlines, each an object with named steps.
+
+``ReplyPipeline`` turns the upstream's text pieces into the turn's events::
+
+    feed(piece) -> StateTagParser -> stage(code)  -> StageCode
+                                  -> speak(text)  -> [ClauseSegmenter] -> TextDelta
+    flush timer: a clause held back longer than ``flush_delay`` is spoken as it is
+    finish(): what the parser and the segmenter still hold
+
+``TurnDeadline`` is the one timer of a turn: an ``asyncio.Timeout`` set to the nearest of the
+first-token deadline (until the first text), the idle deadline (after it) and the turn
+deadline, moved forward as text arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from time import perf_counter
+
+from .events import Event, StageCode, TextDelta
+from .segment import ClauseSegmenter, SegmentOptions
+from .stages import StageTable
+from .tags import StageTag, StateTagParser
+
+
+class ReplyPipeline:
+    __slots__ = (
+        "_emit",
+        "_flush_handle",
+        "_loop",
+        "_parser",
+        "_segment",
+        "_segmenter",
+        "_stages",
+        "first_stage",
+        "first_text",
+        "stages",
+        "terminal_stage",
+        "text",
+    )
+
+    def __init__(self, emit: Callable[[Event], None], stages: StageTable, segment: SegmentOptions | None) -> None:
+        self._emit = emit
+        self._stages = stages
+        self._parser = StateTagParser()
+        self._segment = segment
+        self._segmenter = ClauseSegmenter(segment) if segment is not None else None
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self.text: list[str] = []  # what was sent to the gateway, in order
+        self.stages: list[str] = []  # every stage code reported, in order; the last one wins
+        self.terminal_stage = False
+        self.first_text: float | None = None  # perf_counter() times
+        self.first_stage: float | None = None
+
+    @property
+    def stage(self) -> str | None:
+        return self.stages[-1] if self.stages else None
+
+    def feed(self, piece: str) -> None:
+        """One piece of upstream text, tags and all."""
+        for item in self._parser.feed(piece):
+            if isinstance(item, StageTag):
+                self.stage_code(item)
+            else:
+                self.speak(item)
+
+    def stage_code(self, code: str) -> None:
+        stage = self._stages.resolve(code)
+        if self.first_stage is None:
+            self.first_stage = perf_counter()
+        self.stages.append(stage.code)
+        self.terminal_stage = stage.terminal
+        self._emit(StageCode(stage.code, stage.name))
+
+    def speak(self, text: str) -> None:
+        segmenter = self._segmenter
+        if segmenter is None:
+            self._send(text)
+            return
+        for clause in segmenter.feed(text):
+            self._send(clause)
+        if segmenter.has_pending and self._flush_handle is None:
+            self._arm_flush()
+
+    def finish(self) -> None:
+        """The upstream's reply is complete: send what is still held back."""
+        self.close()
+        self.speak(self._parser.finish())
+        if self._segmenter is not None:
+            self._send(self._segmenter.finish())
+
+    def close(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+
+    def _send(self, text: str) -> None:
+        if not text:
+            return
+        if self.first_text is None:
+            self.first_text = perf_counter()
+        self.text.append(text)
+        self._emit(TextDelta(text))
+
+    def _arm_flush(self) -> None:
+        assert self._segment is not None
+        self._flush_handle = self._loop.call_later(self._segment.flush_delay, self._flush_due)
+
+    def _flush_due(self) -> None:
+        """A clause waited ``flush_delay`` for its end: speak what is held."""
+        assert self._segmenter is not None
+        self._flush_handle = None
+        self._send(self._segmenter.flush_pending())
+        if self._segmenter.has_pending:
+            self._arm_flush()
+
+
+class TurnDeadline:
+    """The turn's one timer. Use ``async with deadline.armed():`` around the upstream read and
+    call ``alive(now)`` for every chunk once text flows; ``explain(now)`` says which deadline fired."""
+
+    __slots__ = ("_first_token", "_idle", "_scheduled", "_slack", "_timeout", "_turn", "end", "first_token_at")
+
+    def __init__(self, started: float, first_token: float, idle: float, turn: float) -> None:
+        self._first_token, self._idle, self._turn = first_token, idle, turn
+        self.end = started + turn
+        self.first_token_at = started + first_token
+        self._scheduled = min(self.first_token_at, self.end)
+        # Moving the timer on every chunk is a measurable cost at high chunk rates; the idle
+        # deadline may so fire up to this much early, never late.
+        self._slack = min(0.5, idle / 10)
+        self._timeout: asyncio.Timeout | None = None
+
+    def armed(self) -> asyncio.Timeout:
+        self._timeout = asyncio.timeout_at(self._scheduled)
+        return self._timeout
+
+    def alive(self, now: float) -> None:
+        """The upstream sent something after the reply's first text: the idle deadline restarts."""
+        if self._scheduled < self.end and now + self._idle - self._scheduled > self._slack:
+            self._scheduled = min(now + self._idle, self.end)
+            assert self._timeout is not None
+            self._timeout.reschedule(self._scheduled)
+
+    def explain(self, now: float, first_byte: bool, first_text: bool) -> str:
+        if now >= self.end - 0.001:
+            return f"the turn took longer than {self._turn:g}s"
+        if not first_text:
+            if not first_byte:
+                return f"no answer from the upstream within {self._first_token:g}s"
+            return f"no text from the upstream within {self._first_token:g}s"
+        return f"the upstream went silent for {self._idle:g}s"
