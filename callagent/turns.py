@@ -46,7 +46,7 @@ from .store import Store, TurnRecord
 from .store.lease import LeaseLost, SessionLease
 from .upstream.base import END_OF_SPEECH, Upstream, UpstreamChunk, UpstreamTurn, VariablesUpdate
 
-log = structlog.get_logger("callagent.turns")
+log = structlog.get_logger(component="callagent.turns")
 
 DRAIN_TIMEOUT = 5.0
 """How long a finished turn keeps reading the upstream for its end-of-stream bookkeeping."""

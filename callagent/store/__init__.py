@@ -1,4 +1,4 @@
-"""Session stores; ``open_store(url)`` picks the implementation from ``CALLAGENT_STORE``."""
+"""Session stores; ``create_store(url)`` picks the implementation from ``CALLAGENT_STORE``."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ from redis.exceptions import RedisError
 from ..errors import StoreUnavailable
 from .base import CancelCallback, TurnRecord
 
-log = structlog.get_logger("callagent.store.redis")
+log = structlog.get_logger(component="callagent.store.redis")
 T = TypeVar("T")
 
 CANCEL_CHANNEL = "callagent:cancel"

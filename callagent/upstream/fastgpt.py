@@ -23,7 +23,7 @@ from ..errors import UpstreamAuth, UpstreamError, UpstreamProtocol, UpstreamUnav
 from ..sse import SSEError, SSEEvent, read_events
 from .base import END_OF_SPEECH, KEEPALIVE, UpstreamChunk, UpstreamTurn, VariablesUpdate
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger(component="callagent.upstream.fastgpt")
 
 _AUTH_CODES = {401, 403, 511, 514, 504000}
 

@@ -19,7 +19,7 @@ from . import validation as v
 from .keys import COMMANDS, METRICS, SETTINGS, STORE, UPSTREAM
 
 routes = web.RouteTableDef()
-log = structlog.get_logger("callagent.web")
+log = structlog.get_logger(component="callagent.web")
 
 
 def ok(data: dict[str, Any], **extra: Any) -> web.Response:

@@ -14,7 +14,7 @@ from ..errors import CallagentError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..events import dumps
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-log = structlog.get_logger("callagent.web")
+log = structlog.get_logger(component="callagent.web")
 
 OPEN_PATHS = frozenset({"/healthz"})
 

@@ -23,7 +23,7 @@ from ..turns import Turn, TurnRequest
 from . import validation as v
 from .keys import COMMANDS, METRICS, SETTINGS, SOCKETS
 
-log = structlog.get_logger("callagent.ws")
+log = structlog.get_logger(component="callagent.ws")
 
 MAX_FRAME_BYTES = 1024 * 1024  # larger frames close the socket (1009); smaller oversize ones get an error
 
