@@ -14,7 +14,7 @@ to the callback registered with ``on_cancel``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -44,9 +44,6 @@ class TurnRecord:
     received_at: float = 0.0  # unix time
     timings: dict[str, float | None] = field(default_factory=dict)
     deleted: bool = False  # its upstream records were deleted by delete_last_turn
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)  # orjson encodes dataclasses natively, far faster than asdict
