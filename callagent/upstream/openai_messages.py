@@ -5,7 +5,8 @@ the session's transcript in the store, so any instance can serve the next turn.
 
 The prompt is a template (``CALLAGENT_PROMPT_FILE``, else the packaged accident-intake prompt):
 ``{{name}}`` is replaced by the session variable ``name`` (strings as they are, other values as
-JSON), ``{{name|text}}`` by ``text`` when the variable is absent, null or empty. Variables whose
+JSON), ``{{name|text}}`` by ``text`` when the variable is absent, null or empty (blanks around
+the name and the text are ignored). Variables whose
 name starts with ``_`` are internal and never filled in. Anything else is kept literally.
 
 History rules, so that strict servers (DeepSeek refuses two user messages in a row) accept it:
@@ -61,7 +62,7 @@ class PromptTemplate:
             name, default = match.group(1), match.group(2)
             value = None if name.startswith("_") else variables.get(name)
             if value is None or value == "":
-                return default or ""
+                return (default or "").strip()
             return value if isinstance(value, str) else orjson.dumps(value).decode()
 
         return _PLACEHOLDER.sub(fill, self.text)
