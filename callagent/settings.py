@@ -250,8 +250,11 @@ def _validate_dify(s: Settings, fail: Callable[[str, str], None]) -> None:
 def _validate_openai(s: Settings, fail: Callable[[str, str], None]) -> None:
     if s.openai_history_turns < 0:
         fail("OPENAI_HISTORY_TURNS", "must be >= 0")
-    if s.prompt_file and not Path(s.prompt_file).is_file():
-        fail("CALLAGENT_PROMPT_FILE", f"{s.prompt_file!r} is not a readable file")
+    if s.prompt_file:
+        try:
+            Path(s.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            fail("CALLAGENT_PROMPT_FILE", f"{s.prompt_file!r} is not a readable UTF-8 file")
     if s.openai_extra_body:
         try:
             extra = orjson.loads(s.openai_extra_body)

@@ -143,9 +143,10 @@ class DifyClient:
                 tail = think.finish()
                 if tail and not replaced:
                     yield tail
-            mirrored = await self._mirror_variables(turn.session_id, conversation_id)
-            if mirrored:
-                yield VariablesUpdate(mirrored)
+            if variables.get(VARIABLES_KEY) != {}:  # {}: the app declares none, known since the first reply
+                mirrored = await self._mirror_variables(turn.session_id, conversation_id)
+                if mirrored:
+                    yield VariablesUpdate(mirrored)
         finally:
             if task_id is not None and not finished:
                 self._stop_later(task_id, turn.session_id)
