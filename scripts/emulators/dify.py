@@ -25,7 +25,8 @@ What it reproduces:
 The reply comes from a ``ScriptedBrain`` (replies in turn, or a function of the query and the
 conversation, which may also set conversation variables like a Variable Assigner node), cut into
 ``chunk_chars`` pieces. Fault modes (``FAULT_MODES``) make the next calls misbehave. Tests read
-everything from the app under ``EMULATOR``: requests, tasks, stop calls, conversations.
+everything from the app under ``EMULATOR``: requests, tasks, stop calls, conversations; other
+processes from ``GET /__emulator/state``.
 
 Usage: ``python -m scripts.emulators.dify --port 5001 [--mode advanced-chat] [--reply TEXT ...]``.
 """
@@ -188,6 +189,7 @@ def create_emulator_app(
     app.router.add_delete("/v1/conversations/{cid}", delete_conversation)
     app.router.add_get("/v1/conversations/{cid}/variables", list_variables)
     app.router.add_put("/v1/conversations/{cid}/variables/{vid}", update_variable)
+    app.router.add_get("/__emulator/state", control_state)
     app.on_cleanup.append(_stop_workers)
     return app
 
@@ -520,6 +522,19 @@ async def update_variable(request: web.Request) -> web.Response:
     return _json({"id": variable.id, "name": variable.name, "value_type": variable.value_type, "value": value})
 
 
+async def control_state(request: web.Request) -> web.Response:
+    """What other processes assert on: tasks, stop calls, conversations."""
+    emu = request.app[EMULATOR]
+    tasks = [
+        {"task_id": t.task_id, "user": t.user, "conversation_id": t.conversation_id, "query": t.query}
+        | {"outcome": t.outcome, "stream_outcome": t.stream_outcome}
+        for t in emu.tasks
+    ]
+    stops = [{"task_id": c.task_id, "user": c.user, "matched": c.matched} for c in emu.stops]
+    conversations = [{"id": c.id, "user": c.user, "messages": c.messages} for c in emu.conversations.values()]
+    return _json({"tasks": tasks, "stops": stops, "conversations": conversations})
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve a Dify service API emulator.")
     parser.add_argument("--host", default="127.0.0.1")
@@ -527,10 +542,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--api-key", default="dify-test")
     parser.add_argument("--mode", choices=MODES, default="advanced-chat")
     parser.add_argument("--reply", action="append", metavar="TEXT", help="a scripted reply (repeatable: used in turn)")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between answer pieces")
     parser.add_argument("--fault", choices=sorted(FAULT_MODES))
     args = parser.parse_args(argv)
     app = create_emulator_app(ScriptedBrain(args.reply or [DEFAULT_REPLY]), api_key=args.api_key, mode=args.mode)
     app[EMULATOR].set_fault(args.fault)
+    app[EMULATOR].chunk_delay = args.chunk_delay
     web.run_app(app, host=args.host, port=args.port, handler_cancellation=True, access_log=None)
 
 

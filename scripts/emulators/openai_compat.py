@@ -347,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reply", action="append", metavar="TEXT", help="a scripted reply (repeatable: used in turn)")
     parser.add_argument("--chunk-chars", type=int, default=4)
     parser.add_argument("--lenient", action="store_true", help="accept any message order (not DeepSeek-strict)")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between content chunks")
     parser.add_argument("--fault", choices=sorted(FAULT_MODES))
     args = parser.parse_args(argv)
     app = create_emulator_app(
@@ -357,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         strict=not args.lenient,
     )
     app[EMULATOR].set_fault(args.fault)
+    app[EMULATOR].chunk_delay = args.chunk_delay
     web.run_app(app, host=args.host, port=args.port, handler_cancellation=True, access_log=None)
 
 
