@@ -186,6 +186,21 @@ async def test_a_turn_heard_of_nothing_keeps_strict_alternation(client: Any, mod
     assert roles(model.requests[-1]) == [("user", "喂\n有人吗")]
 
 
+async def test_interrupt_records_delete_drops_the_interrupted_exchange(
+    make_client: MakeClient, openai_settings: Settings, model: oe.Emulator
+) -> None:
+    client = await make_client(openai_settings.with_(interrupt_records="delete"))
+    model.brain = oe.ScriptedBrain([LONG_REPLY, "<state>1002</state>好的。"])
+    model.chunk_delay = 0.05
+    resp = await client.post("/chat?stream=true", json=body("o12", text="喂"))
+    await first_frame(resp, "text_delta")
+    await client.post("/cancel", json=body("o12", spokenText="请您先把"))
+    await resp.read()
+    model.chunk_delay = 0
+    await client.post("/chat", json=body("o12", text="移好了"))
+    assert roles(model.requests[-1]) == [("user", "移好了")]
+
+
 async def test_a_failed_turn_keeps_strict_alternation(client: Any, model: oe.Emulator) -> None:
     model.set_fault("http500", count=1)
     await client.post("/chat", json=body("o8", text="喂"))

@@ -12,7 +12,7 @@ name starts with ``_`` are internal and never filled in. Anything else is kept l
 History rules, so that strict servers (DeepSeek refuses two user messages in a row) accept it:
 
 - an assistant message holds what the caller HEARD: the barge-in's ``spoken_text`` when there
-  is one, else the reply text; it starts with the turn's last stage tag so the model keeps
+  is one, else the reply text the gateway was sent; it starts with the turn's last stage tag so the model keeps
   seeing the tag format it must produce;
 - a turn the caller heard nothing of (interrupted at once, or a reply that was empty) leaves
   no assistant message: its words are joined to the next user message;
