@@ -284,3 +284,17 @@ def test_settings_are_checked_at_start() -> None:
         Settings(upstream="dify", dify_base_url="http://d", dify_api_key="k", interrupt_records="delete")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="CALLAGENT_UPSTREAM"):
         Settings(upstream="coze")
+
+
+async def test_whole_turn_deadline_stops_the_task(
+    make_client: MakeClient, dify_settings: Settings, dify: de.Emulator
+) -> None:
+    dify.brain = de.ScriptedBrain([LONG_REPLY])
+    dify.chunk_delay = 0.05
+    client = await make_client(dify_settings.with_(first_token_timeout=1, idle_timeout=1, turn_timeout=0.5))
+    data = await (await client.post("/chat", json=body("d14", text="喂"))).json()
+    assert data["error"]["type"] == "upstream_timeout" and "longer than 0.5s" in data["error"]["msg"]
+    assert data["text"].endswith(FALLBACK) and data["nextStageCode"] == "0001"
+    (call,) = await stopped(dify)
+    assert (call.user, call.matched) == ("d14", True)
+    await nothing_left(client, dify.tasks, "d14")

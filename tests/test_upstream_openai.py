@@ -264,3 +264,13 @@ def test_think_blocks_are_dropped_wherever_the_stream_cuts(cuts: list[int]) -> N
     think = ThinkFilter()
     out = "".join(think.feed(text[a:b]) for a, b in itertools.pairwise(bounds)) + think.finish()
     assert out == "<state>1002</state>您好，<th>请问</think有人受伤吗？"
+
+
+async def test_whole_turn_deadline(make_client: MakeClient, openai_settings: Settings, model: oe.Emulator) -> None:
+    model.brain = oe.ScriptedBrain([LONG_REPLY])
+    model.chunk_delay = 0.05
+    client = await make_client(openai_settings.with_(first_token_timeout=1, idle_timeout=1, turn_timeout=0.5))
+    data = await (await client.post("/chat", json=body("o13", text="喂"))).json()
+    assert data["error"]["type"] == "upstream_timeout" and "longer than 0.5s" in data["error"]["msg"]
+    assert data["text"].endswith(FALLBACK) and data["nextStageCode"] == "0001"
+    await nothing_left(client, model.streams, "o13")

@@ -114,7 +114,7 @@ class DifyClient:
                 async for event in _frames(response):
                     payload = _json(event.data)
                     kind = payload.get("event")
-                    task_id = task_id or _str(payload.get("task_id"))
+                    task_id = task_id or _str(payload.get("task_id")) or None
                     new_id = _str(payload.get("conversation_id"))
                     if new_id and new_id != conversation_id:
                         conversation_id = new_id
