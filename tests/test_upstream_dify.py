@@ -298,3 +298,19 @@ async def test_whole_turn_deadline_stops_the_task(
     (call,) = await stopped(dify)
     assert (call.user, call.matched) == ("d14", True)
     await nothing_left(client, dify.tasks, "d14")
+
+
+async def test_shutdown_stops_the_running_task_before_closing(
+    make_client: MakeClient, dify_settings: Settings, dify: de.Emulator
+) -> None:
+    dify.brain = de.ScriptedBrain([LONG_REPLY])
+    dify.chunk_delay = 0.05
+    client = await make_client(dify_settings.with_(shutdown_timeout=0.1))
+    resp = await client.post("/chat?stream=true", json=body("d15", text="喂"))
+    await first_frame(resp, "text_delta")
+    await client.close()  # shutdown: the turn is cancelled, its stop call awaited, then the session closed
+    (call,) = dify.stops
+    assert (call.user, call.matched) == ("d15", True)
+    (task,) = dify.tasks
+    await asyncio.wait_for(task.ended.wait(), 2)
+    assert task.outcome == "stopped"
