@@ -119,6 +119,7 @@ async def test_reasoning_and_noise_are_never_spoken(client: Any, model: oe.Emula
         ("http429", "upstream_error", ""),
         ("error_before", "upstream_error", ""),
         ("error_mid", "upstream_error", SPOKEN),
+        ("error_object", "upstream_error", SPOKEN),
         ("eof", "upstream_protocol", SPOKEN),
         ("abort", "upstream_protocol", SPOKEN),
         ("no_first_token", "upstream_timeout", ""),

@@ -11,7 +11,8 @@ What counts as speech: ``delta.content`` with ``<think>`` blocks removed. Never 
 ``delta.reasoning_content`` (DeepSeek, DashScope, older vLLM) and ``delta.reasoning`` (newer
 vLLM); they only count as life. A chunk with a ``finish_reason`` ends the reply (end of speech;
 the usage chunk and ``[DONE]`` follow). A ``data: {"error": ...}`` frame (vLLM sends one mid-
-stream, then ``[DONE]``), a non-200 answer and an EOF before the end are failures.
+stream, then ``[DONE]``; older vLLM a bare ``{"object": "error", ...}``), a non-200 answer and
+an EOF before the end are failures.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def _choice(data: bytes) -> dict[str, Any]:
         return {}
     if not isinstance(payload, dict):
         return {}
-    if payload.get("error") is not None:
+    if payload.get("error") is not None or payload.get("object") == "error":  # vLLM, newer and older
         raise _error_of(payload, 200)
     choices = payload.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):

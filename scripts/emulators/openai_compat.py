@@ -43,6 +43,7 @@ FAULT_MODES: Final = frozenset(
         "http429",  # HTTP 429 rate limited
         "error_before",  # HTTP 200, then `data: {"error": ...}` and [DONE] before any content
         "error_mid",  # a few chunks, `data: {"error": ...}`, then [DONE] (vLLM)
+        "error_object",  # a few chunks, older vLLM's bare `{"object": "error", ...}`, then [DONE]
         "eof",  # a few chunks, then the body ends without finish_reason or [DONE]
         "no_first_token",  # headers, then silence until the client leaves
         "stall",  # a few chunks, then silence until the client leaves
@@ -56,7 +57,7 @@ FAULT_MODES: Final = frozenset(
         "abort",  # the TCP connection is aborted mid-stream
     }
 )
-_CUT_SHORT: Final = frozenset({"error_mid", "eof", "stall", "abort"})
+_CUT_SHORT: Final = frozenset({"error_mid", "error_object", "eof", "stall", "abort"})
 SSE_HEADERS: Final = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
@@ -305,6 +306,11 @@ class _Stream:
         fault = self.fault
         if fault == "error_mid":
             error = {"error": {"message": "CUDA out of memory", "type": "InternalServerError", "code": 500}}
+            await self._send(b"data: " + orjson.dumps(error) + b"\n\n")
+            await self._send(b"data: [DONE]\n\n")
+            self.log.outcome = "error"
+        elif fault == "error_object":
+            error = {"object": "error", "message": "prompt too long", "type": "BadRequestError", "code": 400}
             await self._send(b"data: " + orjson.dumps(error) + b"\n\n")
             await self._send(b"data: [DONE]\n\n")
             self.log.outcome = "error"
