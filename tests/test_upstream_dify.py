@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from callagent.settings import ConfigError, Settings
 from scripts.emulators import dify as de
@@ -272,9 +273,11 @@ async def test_a_conversation_gone_in_dify_is_started_again(client: Any, dify: d
 
 async def test_a_refused_key_is_upstream_auth(make_client: MakeClient, dify_settings: Settings) -> None:
     client = await make_client(dify_settings.with_(dify_api_key="dify-wrong-secret", **FAST))
-    data = await (await client.post("/chat", json=body("d13", text="喂"))).json()
+    with capture_logs() as logs:
+        data = await (await client.post("/chat", json=body("d13", text="喂"))).json()
     assert data["error"]["type"] == "upstream_auth" and "wrong-secret" not in data["error"]["msg"]
     assert (await client.get("/readyz")).status == 502
+    assert "dify-wrong-secret" not in repr(logs)
 
 
 def test_settings_are_checked_at_start() -> None:

@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from callagent.settings import Settings
 from callagent.upstream.openai_think import ThinkFilter
@@ -147,10 +148,12 @@ async def test_a_refused_key_is_upstream_auth_without_the_key(
     make_client: MakeClient, openai_settings: Settings, model: oe.Emulator
 ) -> None:
     client = await make_client(openai_settings.with_(openai_api_key="sk-wrong-secret", **FAST))
-    data = await (await client.post("/chat", json=body("o5", text="喂"))).json()
+    with capture_logs() as logs:
+        data = await (await client.post("/chat", json=body("o5", text="喂"))).json()
     assert data["error"]["type"] == "upstream_auth" and "sk-wrong" not in data["error"]["msg"]
     assert data["text"] == FALLBACK
     assert (await client.get("/readyz")).status == 502
+    assert "sk-wrong-secret" not in repr(logs)
 
 
 async def test_barge_in_closes_the_stream_and_history_keeps_what_was_heard(client: Any, model: oe.Emulator) -> None:
