@@ -9,7 +9,7 @@ import sys
 from aiohttp import web
 
 from .logs import configure_logging
-from .settings import ConfigError, Settings
+from .settings import UPSTREAMS, ConfigError, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the HTTP/SSE/WebSocket server")
     serve.add_argument("--host", help="listen address (CALLAGENT_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (CALLAGENT_PORT, default 8000)")
-    serve.add_argument("--upstream", choices=["local", "fastgpt"], help="CALLAGENT_UPSTREAM")
+    serve.add_argument("--upstream", choices=UPSTREAMS, help="CALLAGENT_UPSTREAM")
     serve.add_argument("--store", help="CALLAGENT_STORE, e.g. sqlite:///var/callagent.db, redis://127.0.0.1:6379/0")
     serve.add_argument("--env-file", default=".env", help="optional KEY=value file read before the environment")
     serve.add_argument("--log-format", choices=["console", "json", "auto"], help="CALLAGENT_LOG_FORMAT")

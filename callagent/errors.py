@@ -12,6 +12,7 @@
     ├── MethodNotAllowed                405 method_not_allowed
     ├── StoreUnavailable                503 store_unavailable
     ├── SessionBusy                     409 session_busy
+    ├── NotSupported                    501 not_supported          (the upstream cannot do this)
     └── UpstreamError                   502 upstream_error
         ├── UpstreamUnavailable         503 upstream_unavailable   (connect failed: nothing was sent)
         ├── UpstreamTimeout             504 upstream_timeout       (connect/first token/idle/turn deadline)
@@ -84,6 +85,11 @@ class StoreUnavailable(CallagentError):
 class SessionBusy(CallagentError):
     status = 409
     type = "session_busy"
+
+
+class NotSupported(CallagentError):
+    status = 501
+    type = "not_supported"
 
 
 class UpstreamError(CallagentError):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,16 @@ class Settings:
     fastgpt_app_id: str = ""
     # FastGPT CRUD path family: "legacy" (/api/core/chat/...) or "v2" (/history/, /record/).
     fastgpt_paths: str = "legacy"
+    dify_base_url: str = ""
+    dify_api_key: Secret = Secret("")  # noqa: RUF009 (immutable str subclass)
+    openai_base_url: str = ""
+    openai_api_key: Secret = Secret("")  # noqa: RUF009 (immutable str subclass)
+    openai_model: str = ""
+    openai_extra_body: str = ""  # a JSON object merged into every chat completions request
+    openai_history_turns: int = 20
+    prompt_file: str = ""  # the OpenAI-compatible upstream's system prompt template
+    # What Dify and the OpenAI-compatible upstream receive for an empty caller utterance.
+    silence_text: str = "（来电者没有说话）"
     store: str = "sqlite:///var/callagent.db"
     api_keys: tuple[Secret, ...] = ()
     connect_timeout: float = 3.0
@@ -74,7 +86,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         # Plain strings given in code become Secrets too, so they can never be logged.
-        object.__setattr__(self, "fastgpt_api_key", Secret(str.__str__(self.fastgpt_api_key)))
+        for name in ("fastgpt_api_key", "dify_api_key", "openai_api_key"):
+            object.__setattr__(self, name, Secret(str.__str__(getattr(self, name))))
         object.__setattr__(self, "api_keys", tuple(Secret(str.__str__(k)) for k in self.api_keys))
         _validate(self)
 
@@ -105,6 +118,13 @@ ENV_NAMES = {
     "fastgpt_api_key": "FASTGPT_API_KEY",
     "fastgpt_app_id": "FASTGPT_APP_ID",
     "fastgpt_paths": "FASTGPT_PATHS",
+    "dify_base_url": "DIFY_BASE_URL",
+    "dify_api_key": "DIFY_API_KEY",
+    "openai_base_url": "OPENAI_BASE_URL",
+    "openai_api_key": "OPENAI_API_KEY",
+    "openai_model": "OPENAI_MODEL",
+    "openai_extra_body": "OPENAI_EXTRA_BODY",
+    "openai_history_turns": "OPENAI_HISTORY_TURNS",
 }
 
 _TYPES: dict[str, str] = {}
@@ -153,6 +173,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
+UPSTREAMS = ("local", "fastgpt", "dify", "openai")
+
 _STORE_RE = re.compile(r"^(sqlite:///.+|redis://.*|rediss://.*|memory://)$")
 
 
@@ -162,8 +184,8 @@ def _validate(s: Settings) -> None:
 
     if not 0 < s.port < 65536:
         fail("CALLAGENT_PORT", f"{s.port} is not a TCP port")
-    if s.upstream not in ("local", "fastgpt"):
-        fail("CALLAGENT_UPSTREAM", f"{s.upstream!r} must be 'local' or 'fastgpt'")
+    if s.upstream not in UPSTREAMS:
+        fail("CALLAGENT_UPSTREAM", f"{s.upstream!r} must be one of {', '.join(map(repr, UPSTREAMS))}")
     if s.upstream == "fastgpt":
         missing = [
             n
@@ -178,6 +200,8 @@ def _validate(s: Settings) -> None:
             fail(", ".join(missing), "required when CALLAGENT_UPSTREAM=fastgpt")
         if not re.match(r"^https?://[^/\s]+", s.fastgpt_base_url):
             fail("FASTGPT_BASE_URL", f"{s.fastgpt_base_url!r} is not an http(s) URL")
+    _validate_dify(s, fail)
+    _validate_openai(s, fail)
     if s.fastgpt_paths not in ("legacy", "v2"):
         fail("FASTGPT_PATHS", "must be 'legacy' or 'v2'")
     if not _STORE_RE.match(s.store):
@@ -207,3 +231,41 @@ def _validate(s: Settings) -> None:
     for name in ("max_text_chars", "max_body_bytes", "ws_send_queue", "transcript_ttl"):
         if getattr(s, name) < 1:
             fail(f"CALLAGENT_{name.upper()}", "must be >= 1")
+
+
+def _validate_dify(s: Settings, fail: Callable[[str, str], None]) -> None:
+    if s.upstream != "dify":
+        return
+    missing = [n for n, v in (("DIFY_BASE_URL", s.dify_base_url), ("DIFY_API_KEY", s.dify_api_key)) if not v]
+    if missing:
+        fail(", ".join(missing), "required when CALLAGENT_UPSTREAM=dify")
+    if not re.match(r"^https?://[^/\s]+", s.dify_base_url):
+        fail("DIFY_BASE_URL", f"{s.dify_base_url!r} is not an http(s) URL")
+    if s.interrupt_records == "delete":
+        fail("CALLAGENT_INTERRUPT_RECORDS", "'delete' is not possible with Dify, which cannot delete messages")
+    if not s.silence_text.strip():
+        fail("CALLAGENT_SILENCE_TEXT", "must not be blank: Dify refuses an empty query")
+
+
+def _validate_openai(s: Settings, fail: Callable[[str, str], None]) -> None:
+    if s.openai_history_turns < 0:
+        fail("OPENAI_HISTORY_TURNS", "must be >= 0")
+    if s.prompt_file:
+        try:
+            Path(s.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            fail("CALLAGENT_PROMPT_FILE", f"{s.prompt_file!r} is not a readable UTF-8 file")
+    if s.openai_extra_body:
+        try:
+            extra = orjson.loads(s.openai_extra_body)
+        except orjson.JSONDecodeError:
+            extra = None
+        if not isinstance(extra, dict):
+            fail("OPENAI_EXTRA_BODY", 'must be a JSON object, e.g. {"enable_thinking": false}')
+    if s.upstream != "openai":
+        return
+    missing = [n for n, v in (("OPENAI_BASE_URL", s.openai_base_url), ("OPENAI_MODEL", s.openai_model)) if not v]
+    if missing:
+        fail(", ".join(missing), "required when CALLAGENT_UPSTREAM=openai")
+    if not re.match(r"^https?://[^/\s]+", s.openai_base_url):
+        fail("OPENAI_BASE_URL", f"{s.openai_base_url!r} is not an http(s) URL")

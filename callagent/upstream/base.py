@@ -73,7 +73,7 @@ class UpstreamTurn:
 
 
 class Upstream(Protocol):
-    """The workflow callagent talks to: FastGPT or the embedded local agent."""
+    """The workflow callagent talks to: FastGPT, Dify, an OpenAI-compatible model or the local agent."""
 
     name: str
     history_turns: int

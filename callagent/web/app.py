@@ -12,6 +12,7 @@ import weakref
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Middleware
 
@@ -69,11 +70,14 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    if settings.upstream == "fastgpt":
-        from ..upstream.fastgpt import FastGPTClient
+    if settings.upstream == "local":
+        yield  # the local agent was built (and its script checked) by create_app
+        return
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    async with aiohttp.ClientSession(connector=connector, json_serialize=dumps) as session:
+        if settings.upstream == "fastgpt":
+            from ..upstream.fastgpt import FastGPTClient
 
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        async with aiohttp.ClientSession(connector=connector, json_serialize=dumps) as session:
             app[UPSTREAM] = FastGPTClient(
                 session,
                 base_url=settings.fastgpt_base_url,
@@ -83,8 +87,42 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                 connect_timeout=settings.connect_timeout,
             )
             yield
-    else:
-        yield  # the local agent was built (and its script checked) by create_app
+        elif settings.upstream == "dify":
+            from ..upstream.dify import DifyClient
+
+            dify = DifyClient(
+                session,
+                base_url=settings.dify_base_url,
+                api_key=settings.dify_api_key.value,
+                silence_text=settings.silence_text,
+                connect_timeout=settings.connect_timeout,
+                request_timeout=settings.first_token_timeout,
+            )
+            app[UPSTREAM] = dify
+            yield
+            await dify.close()  # barge-in stop calls still under way
+        else:
+            app[UPSTREAM] = openai_compat(settings, session)
+            yield
+
+
+def openai_compat(settings: Settings, session: aiohttp.ClientSession) -> Upstream:
+    from ..upstream.openai_compat import OpenAICompatClient
+    from ..upstream.openai_messages import PromptTemplate
+
+    return OpenAICompatClient(
+        session,
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key.value,
+        model=settings.openai_model,
+        prompt=PromptTemplate.load(settings.prompt_file),
+        extra_body=orjson.loads(settings.openai_extra_body) if settings.openai_extra_body else None,
+        history_turns=settings.openai_history_turns,
+        silence_text=settings.silence_text,
+        drop_interrupted=settings.interrupt_records == "delete",
+        connect_timeout=settings.connect_timeout,
+        request_timeout=settings.first_token_timeout,
+    )
 
 
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
