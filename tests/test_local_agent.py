@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from callagent.agent import Extraction, SpokenNumbers, Utterance, default_script
 from callagent.upstream.base import UpstreamTurn, VariablesUpdate
-from callagent.upstream.local import Extraction, LocalAgent, SpokenNumbers, Utterance, default_script
+from callagent.upstream.local import LocalAgent
 
 CALLS_DIR = Path(__file__).parent / "calls"
 TAG = re.compile(r"<state>([0-9]{4})</state>")
