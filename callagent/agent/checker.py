@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Final
 from .script import STAY, Rule, Script, Step
 
 if TYPE_CHECKING:
-    from .loader import Table
+    from .tables import Table
 
 RESERVED_NAMES: Final = frozenset({STAY})
 
@@ -35,6 +35,10 @@ class ScriptChecker:
             self._rule(self.root.tables("anywhere")[index], rule)
         for step in script.steps.values():
             self._step(self.steps_table.table(step.name), step)
+        for name in script.listen:
+            step = script.steps.get(name)
+            if step is None or step.extractor is None:
+                raise settings.error("listen", f"{name!r} must name a step with `extract`")
 
     def _outcome(self, table: Table, key: str, name: str) -> None:
         if name not in self.script.outcomes:

@@ -1,26 +1,39 @@
 """The dialogue state machine: one turn of one call, from where the call stands to the reply.
 
 The agent is stateless. Where a call stands (current step, confirm phase, vehicle being asked
-about, misses in a row, phone digits heard so far, how it ended) lives in the session variables
-under keys starting with ``_``; the collected slots (``hphm1``.., ``sjhm``, ``sgdd``, ``sgcl``,
-``srsw``) sit beside them. Each turn reads the variables and yields the ones it changed, so a call
-survives restarts and may move between processes that share the store.
+about, misses in a row, digits heard so far, how it ended) lives in ONE session variable,
+``_agent``, a JSON object: a leading ``_`` marks a variable as internal, so the gateway's
+``get_info`` and a workflow never see it. Variables the script names with a leading ``_``
+(``_vehicles``) are fields of that object too. The collected slots (``hphm1``.., ``sjhm``,
+``sgdd``, ``sgcl``, ``srsw``) are ordinary variables. Each turn reads the variables and yields the
+ones it changed, so a call survives restarts, may move between processes that share the store,
+and a deleted turn is undone by restoring the values it overwrote.
 
 One turn, in order: a call that has ended hears its ending again; the ``anywhere`` rules
-(transfer, injury, "say that again") come next; then the current step: a pending confirmation,
+(transfer, injury, questions back, "say that again") come next; then the ``listen`` steps fill
+their empty slots from anything said in passing; then the current step: a pending confirmation,
 the step's extractor, the step's ``when`` rules; nothing matched is a miss (silence counts too),
-and too many misses in a row end the call.
+and too many misses in a row end the call. An extractor reads what follows a correction inside
+the utterance ("沪A12345，不对，是沪A12346") before the whole utterance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from .extractors import Extraction
-from .script import ASK, CONFIRM, CONTINUE, MISSES, OUTCOME, PHASE, STAY, STEP, VEHICLE, Outcome, Rule, Script, Step
+from .script import AGENT, ASK, CONFIRM, CONTINUE, INTERNAL, STAY, Outcome, Rule, Script, Step
 from .understanding import MAX_UTTERANCE, Utterance
+
+# Fields of the ``_agent`` object (a script's own ``_name`` variables join them as ``name``).
+STEP: Final = "_step"
+PHASE: Final = "_phase"
+MISSES: Final = "_misses"
+VEHICLE: Final = "_vehicle"
+OUTCOME: Final = "_outcome"
+PARTIAL: Final = "_partial"  # input held by an accumulating extractor (phone digits, a plate's start)
 
 _MAX_SKIPS: Final = 32  # slots already filled that one turn may walk past
 
@@ -44,6 +57,17 @@ class AgentReply:
         return [head, *(self.text[start : start + size] for start in range(size, len(self.text), size))]
 
 
+def _agent_state(value: Any) -> dict[str, str | int]:
+    """The ``_agent`` object as stored, keeping only the strings and integers a call writes."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        key: item
+        for key, item in value.items()
+        if isinstance(key, str) and isinstance(item, str | int) and not isinstance(item, bool)
+    }
+
+
 def as_int(value: Any, default: int) -> int:
     try:
         return int(value)
@@ -57,33 +81,42 @@ class Call:
     def __init__(self, script: Script, variables: Mapping[str, Any]) -> None:
         self.script = script
         self._variables = variables
+        self._agent = _agent_state(variables.get(AGENT))
+        self._agent_changed = False
         self.changes: dict[str, Any] = {}
         self._said: list[str] = []
         self.state = CONTINUE
         self._missed = False
-        name = variables.get(STEP)
+        name = self.get(STEP)
         self.step = script.steps[name if isinstance(name, str) and name in script.steps else script.start]
         self.n = 1
         if self.step.each:
-            self.n = min(max(as_int(variables.get(VEHICLE), 1), 1), len(self.step.labels))
-        confirming = variables.get(PHASE) == CONFIRM and self.step.confirm and self._value()
+            self.n = min(max(as_int(self.get(VEHICLE), 1), 1), len(self.step.labels))
+        confirming = self.get(PHASE) == CONFIRM and self.step.confirm and self._value()
         self.phase = CONFIRM if confirming else ASK
 
     # -- variables
 
     def get(self, key: str) -> Any:
+        if key.startswith(INTERNAL):
+            return self._agent.get(key[1:])
         return self.changes[key] if key in self.changes else self._variables.get(key)
 
     def set(self, key: str, value: Any) -> None:
-        if self.get(key) != value:
+        if self.get(key) == value:
+            return
+        if key.startswith(INTERNAL):
+            self._agent[key[1:]] = value
+            self._agent_changed = True
+        else:
             self.changes[key] = value
 
     def _clear(self, key: str) -> None:
         if self.get(key):
             self.set(key, "")
 
-    def _value(self) -> str:
-        value = self.get(self.step.slot_for(self.n)) if self.step.slot else None
+    def _value(self, n: int | None = None) -> str:
+        value = self.get(self.step.slot_for(n or self.n)) if self.step.slot else None
         return value.replace("<", "").replace(">", "") if isinstance(value, str) else ""  # read back, never a tag
 
     @property
@@ -97,6 +130,8 @@ class Call:
         self.set(STEP, self.step.name)
         if not self._missed and self.misses:
             self.set(MISSES, 0)
+        if self._agent_changed:
+            self.changes[AGENT] = dict(self._agent)
         return AgentReply(self.state, "".join(self._said), self.changes)
 
     def _respond(self, utterance: Utterance) -> None:
@@ -108,6 +143,7 @@ class Call:
             if rule.matches(utterance):
                 self._follow(rule, utterance)
                 return
+        self._listen(utterance)
         if self.phase == CONFIRM and self._confirm(utterance):
             return
         if self.phase == ASK and self.step.extractor is not None and self._extract(utterance):
@@ -127,7 +163,7 @@ class Call:
         if rule.go != STAY:
             self._go(rule.go)
             return
-        if not rule.say:
+        if not rule.say or rule.again:
             self._say(self._question())
         self.state = self.step.state
 
@@ -138,6 +174,8 @@ class Call:
             self._enter(self.script.steps[target], 1, skips)
 
     def _enter(self, step: Step, n: int, skips: int = 0) -> None:
+        if step is not self.step:
+            self._clear(PARTIAL)
         self.step, self.n, self.phase = step, n, ASK
         self.set(STEP, step.name)
         self.set(PHASE, ASK)
@@ -159,6 +197,7 @@ class Call:
             self._enter(step, self.n + 1, skips)
             return
         branch = next(branch for branch in step.next if branch.applies(self.get))
+        self._say(branch.say)
         self._go(branch.go, skips)
 
     def _repeats(self) -> int:
@@ -189,22 +228,32 @@ class Call:
 
     # -- slots
 
+    @staticmethod
+    def _read(read: Callable[[Utterance], Extraction | None], utterance: Utterance) -> Extraction | None:
+        """What ``read`` finds in the correction inside the utterance, else in the whole of it."""
+        if utterance.correction is not None:
+            found = read(utterance.correction)
+            if found is not None and not found.rejected:
+                return found
+        return read(utterance)
+
+    def _held(self) -> str:
+        held = self.get(PARTIAL)
+        return held if isinstance(held, str) else ""
+
     def _extract(self, utterance: Utterance) -> bool:
         step = self.step
-        assert step.extractor is not None
-        partial = ""
-        if step.extractor.accumulates:
-            held = self.get(step.partial_key)
-            partial = held if isinstance(held, str) and held.isascii() and held.isdigit() else ""
-        found = step.extractor.extract(utterance, partial)
+        extractor = step.extractor
+        assert extractor is not None
+        partial = self._held() if extractor.accumulates else ""
+        found = self._read(lambda heard: extractor.extract(heard, partial), utterance)
         if found is None:
             return False
         if found.rejected:
-            if step.extractor.accumulates:
-                self._clear(step.partial_key)
+            self._clear(PARTIAL)
             self._miss(silent=False)
         elif not found.value:
-            self.set(step.partial_key, found.partial)
+            self.set(PARTIAL, found.partial)
             self._say(step.partial, partial=found.partial)
             self.state = step.state
         else:
@@ -217,17 +266,18 @@ class Call:
 
     def _confirm(self, utterance: Utterance) -> bool:
         step = self.step
-        assert step.extractor is not None and self.script.yes is not None and self.script.no is not None
-        found = step.extractor.extract(utterance, "")
+        extractor = step.extractor
+        assert extractor is not None and self.script.yes is not None and self.script.no is not None
+        found = self._read(lambda heard: extractor.extract(heard, ""), utterance)
         if found is not None and found.value:
             if found.value == self._value():
                 self._accept()
             else:
                 self._store(step, found)
                 self._ask_to_confirm()
-        elif found is not None and found.partial:  # a correction begun digit by digit
+        elif found is not None and found.partial:  # a correction begun piece by piece
             self._reopen()
-            self.set(step.partial_key, found.partial)
+            self.set(PARTIAL, found.partial)
             self._say(step.partial, partial=found.partial)
         elif self.script.yes.matches(utterance):
             self._accept()
@@ -248,18 +298,23 @@ class Call:
     def _reopen(self) -> None:
         """The caller rejected the value being confirmed: forget it and ask again."""
         self.set(self.step.slot_for(self.n), "")
-        if self.step.extractor is not None and self.step.extractor.accumulates:
-            self._clear(self.step.partial_key)
+        self._clear(PARTIAL)
         self.phase = ASK
         self.set(PHASE, ASK)
         self.state = self.step.state
 
     def _store(self, step: Step, found: Extraction) -> None:
-        self.set(step.slot_for(self.n if step is self.step else 1), found.value)
+        """The value found for ``step`` (the current repeat), any further ones for the next repeats."""
+        first = self.n if step is self.step else 1
+        self.set(step.slot_for(first), found.value)
+        if step.each:
+            empty = (n for n in range(first + 1, len(step.labels) + 1) if not self.get(step.slot_for(n)))
+            for n, value in zip(empty, found.more, strict=False):
+                self.set(step.slot_for(n), value)
         for key, value in found.extra.items():
             self.set(key, value)
-        if step.extractor is not None and step.extractor.accumulates:
-            self._clear(step.partial_key)
+        if step is self.step:
+            self._clear(PARTIAL)
 
     def _capture(self, step: Step, utterance: Utterance) -> None:
         """Fill another step's slot from this utterance, if it is there."""
@@ -268,6 +323,26 @@ class Call:
         if found is not None and found.value:
             self._store(step, found)
 
+    def _listen(self, utterance: Utterance) -> None:
+        """Fill the empty slots of the ``listen`` steps from what the caller said in passing."""
+        for name in self.script.listen:
+            step = self.script.steps[name]
+            if step is self.step or step.extractor is None:
+                continue
+            slots = [step.slot_for(n) for n in range(1, len(step.labels) + 1)] if step.each else [step.slot]
+            empty = [slot for slot in slots if not self.get(slot)]
+            if not empty:
+                continue
+            found = self._read(step.extractor.spot, utterance)
+            if found is None or not found.value:
+                continue
+            known = [self.get(slot) for slot in slots]
+            values = [value for value in (found.value, *found.more) if value not in known]
+            for slot, value in zip(empty, values, strict=False):
+                self.set(slot, value)
+            for key, value in found.extra.items():
+                self.set(key, value)
+
     # -- speech
 
     def _question(self) -> str:
@@ -275,15 +350,17 @@ class Call:
 
     def _say(self, template: str, *, partial: str = "") -> None:
         if template:
+            kind = self.step.extractor.reads_as if self.step.extractor is not None else "text"
+            voice = self.script.voice
             fields = {
                 "n": str(self.n),
                 "label": self.step.label_for(self.n),
-                "value": self._value(),
-                "partial": partial,
+                "value": voice.read(kind, self._value()),
+                "partial": voice.read(kind, partial),
             }
             self._said.append(template.format_map(fields))
 
 
 def reply(script: Script, text: str, variables: Mapping[str, Any]) -> AgentReply:
     """The answer to one utterance, given the call's variables (the agent keeps no state)."""
-    return Call(script, variables).handle(Utterance.of(text[:MAX_UTTERANCE]))
+    return Call(script, variables).handle(script.speech.hear(text[:MAX_UTTERANCE]))

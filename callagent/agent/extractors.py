@@ -1,8 +1,11 @@
-"""Slot extractors: an utterance in, a slot value out (plates, phone numbers, places, vehicles).
+"""Slot extractors: an utterance in, a slot value out (phone numbers, places, vehicles, choices).
 
 Each extractor is configured by the script's ``[extractors.NAME]`` table and knows one kind of
-answer. ``extract`` gets the utterance and, for extractors that collect input over several turns
-(``accumulates``), what was held from earlier turns.
+answer (plates are in ``plates``). ``extract`` reads an answer to its own question and gets, for
+extractors that collect input over several turns (``accumulates``), what was held from earlier
+turns. ``spot`` reads any utterance for a value said in passing, before it was asked ("我在中山路
+追尾了，电话13812345678"): it is stricter, since the caller was talking about something else.
+``reads_as`` names how a value is read back (see ``speaking``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Extraction:
     value: str = ""
     partial: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    more: tuple[str, ...] = ()  # further values said at once (both plates in one breath)
 
     @property
     def rejected(self) -> bool:
@@ -37,43 +41,22 @@ class Extraction:
 
 class Extractor(Protocol):
     accumulates: bool  # keeps a partial value between utterances
+    reads_as: str  # "plate", "phone" or "text"
 
     def extract(self, utterance: Utterance, partial: str) -> Extraction | None:
-        """The slot found in the utterance, or None when there is nothing of it."""
+        """The slot found in an answer to its question, or None when there is nothing of it."""
         ...
 
-
-class PlateExtractor:
-    """Chinese plate numbers in their spoken forms: 沪A8939, 沪 a 八九三九, 粤B·D12345."""
-
-    accumulates = False
-    _SEPARATORS = re.compile(r"[·•・.,，、\-_]")
-    _SERIAL_FIXES = str.maketrans("OI", "01")  # plates use neither letter; recognisers do
-
-    def __init__(
-        self, numbers: SpokenNumbers, provinces: str, aliases: Mapping[str, str], serial_min: int, serial_max: int
-    ) -> None:
-        self._numbers = numbers
-        self._provinces = {name: name for name in provinces} | dict(aliases)
-        names = "|".join(re.escape(name) for name in sorted(self._provinces, key=len, reverse=True))
-        self._pattern = re.compile(
-            f"(?P<province>{names})(?P<city>[A-Z])(?P<serial>[A-Z0-9]{{{serial_min},{serial_max}}})(?P<suffix>[学警挂领港澳]?)"
-        )
-
-    def extract(self, utterance: Utterance, partial: str) -> Extraction | None:
-        text = self._SEPARATORS.sub("", self._numbers.to_ascii(utterance.folded)).upper()
-        for match in self._pattern.finditer(text):
-            serial = match["serial"].translate(self._SERIAL_FIXES)
-            if any(char.isdigit() for char in serial):
-                province = self._provinces[match["province"]]
-                return Extraction(f"{province}{match['city']}{serial}{match['suffix']}")
-        return None
+    def spot(self, utterance: Utterance) -> Extraction | None:
+        """A complete value said in passing, or None."""
+        ...
 
 
 class PhoneExtractor:
     """A mobile number, possibly spread over several utterances (138 / 1234 / 5678)."""
 
     accumulates = True
+    reads_as = "phone"
     _GAPS = re.compile(r"(?<=[0-9])[,，、.。\-]+(?=[0-9])")
     _RUNS = re.compile(r"[0-9]+")
 
@@ -81,8 +64,18 @@ class PhoneExtractor:
         self._numbers = numbers
         self._length = length
         self._prefixes = tuple(prefixes)
+        self._whole = re.compile(f"(?<![0-9a-z])[0-9]{{{length}}}(?![0-9])")
+
+    def spot(self, utterance: Utterance) -> Extraction | None:
+        text = self._GAPS.sub("", self._numbers.to_ascii(utterance.folded))
+        for match in self._whole.finditer(text):
+            if self._plausible(match.group()):
+                return Extraction(match.group())
+        return None
 
     def extract(self, utterance: Utterance, partial: str) -> Extraction | None:
+        if not (partial.isascii() and partial.isdigit()):
+            partial = ""  # what was held is no digits: garbage in the call state
         digits = self._digits(utterance)
         if not digits:
             return None
@@ -94,7 +87,6 @@ class PhoneExtractor:
         if len(digits) < self._length and self._plausible(digits):
             return Extraction(partial=digits)  # the caller started over
         return Extraction()
-
     def _digits(self, utterance: Utterance) -> str:
         spoken = self._numbers.to_ascii(utterance.bare)
         if spoken.isascii() and spoken.isdigit():
@@ -107,9 +99,14 @@ class PhoneExtractor:
 
 
 class PlaceExtractor:
-    """Where the accident happened: the caller's words, trimmed of fillers and lead-ins."""
+    """Where the accident happened: the caller's words, trimmed of fillers and lead-ins.
+
+    Said in passing, a place needs a marker before it (在, 位于) and a landmark word ending it
+    (路, 路口, 高架, 小区...): "我在中山路和人民路路口被追尾了" gives 中山路和人民路路口.
+    """
 
     accumulates = False
+    reads_as = "text"
 
     def __init__(
         self,
@@ -120,7 +117,14 @@ class PlaceExtractor:
         weak_chars: str,
         min_chars: int,
         max_chars: int,
+        markers: Sequence[str] = (),
+        landmarks: Sequence[str] = (),
     ) -> None:
+        self._landmarks = frozenset(landmarks)
+        marker, landmark = alternation(markers), alternation(landmarks)
+        self._mention = None
+        if marker is not None and landmark is not None:
+            self._mention = re.compile(f"(?:{marker.pattern})(?P<place>[^，。,.!?！？；;]*(?:{landmark.pattern}))")
         self._leads = tuple(sorted({*fillers, *prefixes}, key=len, reverse=True))
         self._tails = tuple(sorted({*fillers, *suffixes}, key=len, reverse=True))
         phrases = [phrase for intent in not_places for phrase in (*intent.keywords, *intent.exact)]
@@ -138,6 +142,16 @@ class PlaceExtractor:
         if sum(char not in self._weak_chars for char in meaningful) < self._min_chars:
             return None
         return Extraction(text[: self._max_chars])
+
+    def spot(self, utterance: Utterance) -> Extraction | None:
+        if self._mention is None:
+            return None
+        spoken = WHITESPACE.sub(" ", unicodedata.normalize("NFKC", utterance.raw))
+        for match in self._mention.finditer(spoken):
+            found = self.extract(Utterance.of(match["place"]), "")
+            if found is not None and found.value not in self._landmarks:
+                return found
+        return None
 
     def _trim(self, text: str) -> str:
         while True:
@@ -159,10 +173,16 @@ def _strip_non_word(text: str) -> str:
 
 
 class VehiclesExtractor:
-    """Single or several vehicles, and how many: 就我一辆 / 撞了护栏 / 两辆车 / 追尾."""
+    """Single or several vehicles, and how many: 就我一辆 / 撞了护栏 / 两辆车 / 三个车 / 追尾.
+
+    In order: a count of two or more (两辆, 三个车, 俩车); the ``multi`` intent (追尾, 对方);
+    a count of one or the ``single`` intent (撞了护栏); then a collision (碰, 撞, 怼) with no
+    object named, which takes two vehicles (跟前面那台碰了, 被后面的怼了).
+    """
 
     accumulates = False
-    _COUNT = re.compile(r"(?<!第)([0-9]{1,3})(?:辆|台|部)")
+    reads_as = "text"
+    _COUNT = re.compile(r"(?<!第)([0-9]{1,3})(?:辆|台|部|个车|车)")
 
     def __init__(
         self,
@@ -173,9 +193,13 @@ class VehiclesExtractor:
         multi_value: str,
         count_variable: str,
         most: int,
+        collision: Intent | None = None,
+        count_words: Mapping[str, int] | None = None,
     ) -> None:
         self._numbers = numbers
-        self._single, self._multi = single, multi
+        self._single, self._multi, self._collision = single, multi, collision
+        self._count_words = {word: str(count) for word, count in (count_words or {}).items()}
+        self._count_word = alternation(self._count_words)
         self._single_value, self._multi_value = single_value, multi_value
         self._count_variable = count_variable
         self._most = most
@@ -188,11 +212,44 @@ class VehiclesExtractor:
             return self._vehicles(self._multi_value, 2)
         if count == 1 or self._single.matches(utterance):
             return self._vehicles(self._single_value, 1)
+        if self._collision is not None and self._collision.matches(utterance):
+            return self._vehicles(self._multi_value, 2)
         return None
 
+    def spot(self, utterance: Utterance) -> Extraction | None:
+        return self.extract(utterance, "")
+
     def _spoken_count(self, utterance: Utterance) -> int:
-        match = self._COUNT.search(self._numbers.to_ascii(utterance.folded))
+        text = utterance.folded
+        if self._count_word is not None:
+            text = self._count_word.sub(lambda match: self._count_words[match.group()], text)
+        match = self._COUNT.search(self._numbers.to_ascii(text))
         return int(match.group(1)) if match else 0
 
     def _vehicles(self, kind: str, count: int) -> Extraction:
         return Extraction(kind, extra={self._count_variable: count})
+
+
+class ChoiceExtractor:
+    """One of a few values, by intent: 否 for 没有 / 都没事, 是 for 有, 不确定 for 不清楚.
+
+    ``answers`` are tried in order on an answer to the question; ``stated`` on anything else the
+    caller says, so they must be explicit (没人受伤, not a bare 没有).
+    """
+
+    accumulates = False
+    reads_as = "text"
+
+    def __init__(self, answers: Sequence[tuple[Intent, str]], stated: Sequence[tuple[Intent, str]]) -> None:
+        self._answers = tuple(answers)
+        self._stated = tuple(stated)
+
+    def extract(self, utterance: Utterance, partial: str) -> Extraction | None:
+        return self._first(self._answers, utterance)
+
+    def spot(self, utterance: Utterance) -> Extraction | None:
+        return self._first(self._stated, utterance)
+
+    @staticmethod
+    def _first(choices: Sequence[tuple[Intent, str]], utterance: Utterance) -> Extraction | None:
+        return next((Extraction(value) for intent, value in choices if intent.matches(utterance)), None)

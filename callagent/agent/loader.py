@@ -3,139 +3,81 @@
 ``load_script`` reads the file with tomllib and turns it into frozen objects, checking every key
 on the way (``Table`` knows where in the file it is, for the message); ``checker`` then checks
 every reference. A mistake stops start-up instead of a call.
+
+The script brings the phone-speech vocabulary with it: ``[script] vocabulary`` names the file
+(relative to the script), by default ``callagent/data/speech.toml`` (see ``understanding.Speech``).
 """
 
 from __future__ import annotations
 
-import re
 import string
-import tomllib
 from collections.abc import Callable, Mapping
+from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from .checker import ScriptChecker
-from .extractors import Extractor, PhoneExtractor, PlaceExtractor, PlateExtractor, VehiclesExtractor
-from .script import CONTINUE, INTERNAL_KEYS, TEMPLATE_FIELDS, Branch, Outcome, Replies, Rule, Script, Step
-from .understanding import NON_WORD, Intent, SpokenNumbers, fold
+from .extractors import ChoiceExtractor, Extractor, PhoneExtractor, PlaceExtractor, VehiclesExtractor
+from .plates import PlateExtractor
+from .script import CONTINUE, INTERNAL, Branch, Outcome, Replies, Rule, Script, Step
+from .speaking import Voice
+from .tables import Table, read_toml
+from .understanding import NON_WORD, Intent, Speech, SpokenNumbers, fold
 
 
 def load_script(source: Path | str | Traversable) -> Script:
     """Read and check a call script; ``ValueError`` says what is wrong and where."""
     if isinstance(source, str):
         source = Path(source)
-    try:
-        data = tomllib.loads(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read the call script {source}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{source}: not valid TOML: {exc}") from exc
-    return _ScriptReader(data, str(source)).read()
+    return _ScriptReader(read_toml(source, "call script"), source).read()
 
 
-_STATE_CODE = re.compile(r"[0-9]{4}")
+def default_vocabulary() -> Traversable:
+    """The phone-speech vocabulary shipped in the package."""
+    return resources.files("callagent.data").joinpath("speech.toml")
 
 
-class Table:
-    """A TOML table being read, knowing its place in the file for error messages."""
-
-    def __init__(self, data: Any, where: str, source: str) -> None:
-        self.where = where
-        self.source = source
-        if not isinstance(data, dict):
-            raise self.error("", "must be a table")
-        self.data: dict[str, Any] = data
-
-    def error(self, key: str, message: str) -> ValueError:
-        place = f"{self.where}.{key}" if key and self.where else key or self.where or "top level"
-        return ValueError(f"call script {self.source}: {place}: {message}")
-
-    def allow(self, *keys: str) -> None:
-        for key in self.data:
-            if key not in keys:
-                raise self.error(key, f"unknown key (allowed here: {', '.join(keys)})")
-
-    def text(self, key: str, default: str | None = None) -> str:
-        value = self.data.get(key, default)
-        if value is None:
-            raise self.error(key, "is required")
-        if not isinstance(value, str):
-            raise self.error(key, f"must be a string, not {type(value).__name__}")
-        return value
-
-    def template(self, key: str, default: str | None = None) -> str:
-        value = self.text(key, default)
-        try:
-            parts = list(string.Formatter().parse(value))
-        except ValueError as exc:
-            raise self.error(key, f"{exc} (write a literal brace as {{{{ or }}}})") from exc
-        for _, name, spec, conversion in parts:
-            if name is None:
-                continue
-            if name not in TEMPLATE_FIELDS or spec or conversion:
-                fields = ", ".join(f"{{{field}}}" for field in sorted(TEMPLATE_FIELDS))
-                raise self.error(key, f"unknown placeholder {{{name}}} (known: {fields})")
-        return value
-
-    def integer(self, key: str, default: int, minimum: int) -> int:
-        value = self.data.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self.error(key, "must be an integer")
-        if value < minimum:
-            raise self.error(key, f"must be at least {minimum}")
-        return value
-
-    def texts(self, key: str, *, required: bool = False) -> tuple[str, ...]:
-        value = self.data.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise self.error(key, "must be a list of strings")
-        if required and not value:
-            raise self.error(key, "must not be empty")
-        return tuple(value)
-
-    def table(self, key: str, *, required: bool = False) -> Table:
-        if key not in self.data and required:
-            raise self.error(key, "is required")
-        return Table(self.data.get(key, {}), f"{self.where}.{key}" if self.where else key, self.source)
-
-    def tables(self, key: str) -> list[Table]:
-        value = self.data.get(key, [])
-        if isinstance(value, dict):
-            return [self.table(key)]
-        if not isinstance(value, list):
-            raise self.error(key, "must be a table or an array of tables ([[...]])")
-        return [Table(item, f"{self.where}.{key}[{index}]", self.source) for index, item in enumerate(value)]
-
-    def children(self) -> list[tuple[str, Table]]:
-        return [(name, self.table(name)) for name in self.data]
-
-    def state(self, key: str, default: str | None = None) -> str:
-        value = self.text(key, default)
-        if not _STATE_CODE.fullmatch(value):
-            raise self.error(key, f"{value!r} is not a four-digit stage code")
-        return value
+def load_speech(source: Path | Traversable) -> Speech:
+    """Read the phone-speech vocabulary (``speech.toml``); ``ValueError`` names the key at fault."""
+    table = Table(read_toml(source, "speech vocabulary"), "", str(source), "speech vocabulary")
+    table.allow("rewrites", "fillers", "particles", "corrections")
+    rewrites = table.table("rewrites")
+    for heard, meant in rewrites.data.items():
+        if not isinstance(meant, str) or not heard:
+            raise rewrites.error(heard, "must map what the recogniser writes to what is meant, as strings")
+    return Speech(
+        {fold(heard): fold(meant) for heard, meant in rewrites.data.items()},
+        fillers=tuple(filter(None, map(fold, table.texts("fillers")))),
+        particles=tuple(filter(None, map(fold, table.texts("particles")))),
+        corrections=tuple(filter(None, table.texts("corrections"))),
+    )
 
 
 class _ScriptReader:
     """Builds a ``Script`` from parsed TOML, checking everything a call would stumble on."""
 
-    def __init__(self, data: dict[str, Any], source: str) -> None:
-        self.root = Table(data, "", source)
+    def __init__(self, data: dict[str, Any], source: Path | Traversable) -> None:
+        self.source = source
+        self.root = Table(data, "", str(source))
         self.intents: dict[str, Intent] = {}
         self.numbers = SpokenNumbers({})
+        self.speech = Speech()
 
     def read(self) -> Script:
         root = self.root
-        root.allow("script", "replies", "numbers", "intents", "outcomes", "anywhere", "steps", "extractors")
+        root.allow(
+            "script", "replies", "numbers", "speech", "intents", "outcomes", "anywhere", "steps", "extractors"
+        )  # fmt: skip
+        settings = root.table("script", required=True)
+        settings.allow("start", "max_misses", "on_confused", "listen", "vocabulary")
+        self.speech = load_speech(self._vocabulary(settings))
         self.intents = self._intents(root.table("intents", required=True))
         self.numbers = self._numbers(root.table("numbers"))
         outcomes = self._outcomes(root.table("outcomes", required=True))
         extractors = self._extractors(root.table("extractors"))
         steps = self._steps(root.table("steps", required=True), extractors)
         anywhere = tuple(self._rule(table, require_intent=True) for table in root.tables("anywhere"))
-        settings = root.table("script", required=True)
-        settings.allow("start", "max_misses", "on_confused")
         script = Script(
             source=root.source,
             start=settings.text("start"),
@@ -147,21 +89,74 @@ class _ScriptReader:
             outcomes=outcomes,
             yes=self.intents.get("yes"),
             no=self.intents.get("no"),
+            speech=self.speech,
+            voice=self._voice(root.table("speech")),
+            listen=settings.texts("listen"),
         )
         ScriptChecker(script, root).check()
         return script
 
+    def _vocabulary(self, settings: Table) -> Path | Traversable:
+        name = settings.text("vocabulary", "")
+        if not name:
+            return default_vocabulary()
+        if isinstance(self.source, Path):
+            return self.source.parent / name
+        return resources.files("callagent.data").joinpath(name)
+
+    def _voice(self, table: Table) -> Voice:
+        table.allow("read_digits", "digits", "phone_groups", "group_separator", "plate_separator")
+        default = Voice()
+        digits = table.text("digits", default.digits)
+        if len(digits) != 10:
+            raise table.error("digits", "must be ten characters, the words for 0 to 9 in order")
+        groups = table.data.get("phone_groups", list(default.phone_groups))
+        if not isinstance(groups, list) or not all(isinstance(size, int) and size > 0 for size in groups):
+            raise table.error("phone_groups", "must be a list of positive integers, e.g. [3, 4, 4]")
+        read_digits = table.data.get("read_digits", True)
+        if not isinstance(read_digits, bool):
+            raise table.error("read_digits", "must be true or false")
+        return Voice(
+            digits=digits,
+            phone_groups=tuple(groups),
+            group_separator=table.text("group_separator", default.group_separator),
+            plate_separator=table.text("plate_separator", default.plate_separator),
+            read_digits=read_digits,
+        )
+
     def _intents(self, table: Table) -> dict[str, Intent]:
-        intents = {}
+        intents, includes = {}, {}
         for name, entry in table.children():
-            entry.allow("keywords", "exact", "except")
-            keywords = tuple(filter(None, map(fold, entry.texts("keywords"))))
-            exact = frozenset(filter(None, (NON_WORD.sub("", fold(item)) for item in entry.texts("exact"))))
-            if not keywords and not exact:
-                raise entry.error("keywords", "an intent needs keywords or exact answers")
-            excepted = tuple(filter(None, map(fold, entry.texts("except"))))
-            intents[name] = Intent(name, keywords, exact, excepted)
+            entry.allow("keywords", "exact", "except", "groups", "include")
+            keywords = tuple(filter(None, map(self._phrase, entry.texts("keywords"))))
+            exact = frozenset(filter(None, (NON_WORD.sub("", self._phrase(item)) for item in entry.texts("exact"))))
+            groups = self._groups(entry)
+            includes[name] = (entry, entry.texts("include"))
+            if not keywords and not exact and not groups and not includes[name][1]:
+                raise entry.error("keywords", "an intent needs keywords, exact answers, groups or include")
+            excepted = tuple(filter(None, map(self._phrase, entry.texts("except"))))
+            intents[name] = Intent(name, keywords, exact, excepted, groups)
+        for name, (entry, included) in includes.items():
+            for other in included:
+                if other not in intents or other == name:
+                    raise entry.error("include", f"unknown intent {other!r} (known: {', '.join(sorted(intents))})")
+                if includes[other][1]:
+                    raise entry.error("include", f"{other!r} includes others itself: include its intents here")
+                intents[name] = _merged(intents[name], intents[other])
         return intents
+
+    def _phrase(self, text: str) -> str:
+        """A vocabulary phrase as utterances are compared with it: folded, dialect rewritten."""
+        return self.speech.rewrite(fold(text))
+
+    def _groups(self, entry: Table) -> tuple[tuple[str, ...], ...]:
+        value = entry.data.get("groups", [])
+        if not isinstance(value, list) or not all(
+            isinstance(group, list) and group and all(isinstance(word, str) and word for word in group)
+            for group in value
+        ):
+            raise entry.error("groups", 'must be a list of word lists, e.g. [["为什么", "干嘛"], ["手机", "电话"]]')
+        return tuple(tuple(map(self._phrase, group)) for group in value)
 
     def intent(self, table: Table, key: str) -> Intent:
         return self._intent_named(table, key, table.text(key))
@@ -196,6 +191,7 @@ class _ScriptReader:
             "phone": self._phone,
             "place": self._place,
             "vehicles": self._vehicles,
+            "injuries": self._choice,
         }
         extractors = {}
         for name, entry in table.children():
@@ -205,22 +201,40 @@ class _ScriptReader:
         return extractors
 
     def _plate(self, table: Table) -> Extractor:
-        table.allow("provinces", "province_aliases", "serial_min", "serial_max")
+        table.allow("provinces", "province_aliases", "letter_words", "serial_min", "serial_max")
         aliases = table.table("province_aliases")
         provinces = table.text("provinces")
         for name, code in aliases.data.items():
             if not isinstance(code, str) or code not in provinces or len(code) != 1:
                 raise aliases.error(name, "must name one of the province codes in `provinces`")
+        letters = table.table("letter_words")
+        for word, letter in letters.data.items():
+            if not isinstance(letter, str) or len(letter) != 1 or letter not in string.ascii_uppercase:
+                raise letters.error(word, 'must name one capital letter, e.g. "比" = "B"')
         serial_min = table.integer("serial_min", 4, 1)
         serial_max = table.integer("serial_max", 6, serial_min)
-        return PlateExtractor(self.numbers, provinces, aliases.data, serial_min, serial_max)
+        return PlateExtractor(
+            self.numbers, provinces, aliases.data, serial_min, serial_max, {fold(w): c for w, c in letters.data.items()}
+        )
+
+    def _choice(self, table: Table) -> Extractor:
+        table.allow("answers", "stated")
+        return ChoiceExtractor(self._choices(table, "answers"), self._choices(table, "stated"))
+
+    def _choices(self, table: Table, key: str) -> list[tuple[Intent, str]]:
+        """``value = "intent"`` pairs, in order: the value stored when the intent is heard."""
+        choices = table.table(key, required=key == "answers")
+        return [(self._intent_named(choices, value, choices.text(value)), value) for value in choices.data]
 
     def _phone(self, table: Table) -> Extractor:
         table.allow("length", "prefixes")
         return PhoneExtractor(self.numbers, table.integer("length", 11, 1), table.texts("prefixes", required=True))
 
     def _place(self, table: Table) -> Extractor:
-        table.allow("fillers", "prefixes", "suffixes", "not_places", "weak_chars", "min_chars", "max_chars")
+        table.allow(
+            "fillers", "prefixes", "suffixes", "not_places", "weak_chars", "min_chars", "max_chars",
+            "markers", "landmarks",
+        )  # fmt: skip
         not_places = [self._intent_named(table, "not_places", name) for name in table.texts("not_places")]
         min_chars = table.integer("min_chars", 2, 1)
         return PlaceExtractor(
@@ -231,10 +245,18 @@ class _ScriptReader:
             weak_chars=table.text("weak_chars", ""),
             min_chars=min_chars,
             max_chars=table.integer("max_chars", 60, min_chars),
+            markers=table.texts("markers"),
+            landmarks=table.texts("landmarks"),
         )
 
     def _vehicles(self, table: Table) -> Extractor:
-        table.allow("single", "multi", "single_value", "multi_value", "count_variable", "max")
+        table.allow(
+            "single", "multi", "collision", "count_words", "single_value", "multi_value", "count_variable", "max"
+        )  # fmt: skip
+        counts = table.table("count_words")
+        for word, count in counts.data.items():
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise counts.error(word, 'must be a count, e.g. "俩" = 2')
         return VehiclesExtractor(
             self.numbers,
             single=self.intent(table, "single"),
@@ -243,6 +265,8 @@ class _ScriptReader:
             multi_value=table.text("multi_value"),
             count_variable=table.text("count_variable"),
             most=table.integer("max", 5, 2),
+            collision=self.intent(table, "collision") if "collision" in table.data else None,
+            count_words=dict(counts.data),
         )
 
     def _steps(self, table: Table, extractors: Mapping[str, Extractor]) -> dict[str, Step]:
@@ -283,21 +307,36 @@ class _ScriptReader:
             return (Branch(step.text("next")),)
         branches = []
         for table in step.tables("next"):
-            table.allow("if", "go")
+            table.allow("if", "say", "go")
             condition = table.table("if")
             for key, value in condition.data.items():
                 if not isinstance(value, str):
                     raise condition.error(key, "must be a string")
-            branches.append(Branch(table.text("go"), dict(condition.data)))
+            branches.append(Branch(table.text("go"), dict(condition.data), table.template("say", "")))
         return tuple(branches)
 
     def _rule(self, table: Table, *, require_intent: bool = False) -> Rule:
-        table.allow("intent", "go", "say", "set", "also")
+        table.allow("intent", "go", "say", "set", "also", "again")
         intent = self.intent(table, "intent") if "intent" in table.data or require_intent else None
         assignments = table.table("set")
         for key, value in assignments.data.items():
-            if key in INTERNAL_KEYS:
+            if key.startswith(INTERNAL):
                 raise assignments.error(key, "is the agent's own call state and cannot be set by a rule")
             if not isinstance(value, str | int) or isinstance(value, bool):
                 raise assignments.error(key, "must be a string or an integer")
-        return Rule(intent, table.text("go"), table.template("say", ""), dict(assignments.data), table.texts("also"))
+        again = table.data.get("again", False)
+        if not isinstance(again, bool):
+            raise table.error("again", "must be true or false")
+        say = table.template("say", "")
+        return Rule(intent, table.text("go"), say, dict(assignments.data), table.texts("also"), again)
+
+
+def _merged(intent: Intent, other: Intent) -> Intent:
+    """``intent`` that also recognises everything ``other`` does (``include``)."""
+    return Intent(
+        intent.name,
+        (*intent.keywords, *other.keywords),
+        intent.exact | other.exact,
+        (*intent.excepted, *other.excepted),
+        (*intent.groups, *other.groups),
+    )

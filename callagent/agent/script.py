@@ -14,18 +14,16 @@ from importlib.resources.abc import Traversable
 from typing import Any, Final
 
 from .extractors import Extractor
-from .understanding import Intent, Utterance
+from .speaking import Voice
+from .understanding import Intent, Speech, Utterance
 
 CONTINUE: Final = "1002"
 STAY: Final = "stay"
 
-# Internal call state, kept in the session variables.
-STEP: Final = "_step"
-PHASE: Final = "_phase"
-MISSES: Final = "_misses"
-VEHICLE: Final = "_vehicle"
-OUTCOME: Final = "_outcome"
-INTERNAL_KEYS: Final = frozenset({STEP, PHASE, MISSES, VEHICLE, OUTCOME})
+# The agent's own call state: one session variable holding a JSON object. Variables the script
+# names with a leading "_" (``_vehicles``) are fields of it, not caller data.
+AGENT: Final = "_agent"
+INTERNAL: Final = "_"
 
 ASK: Final = "ask"
 CONFIRM: Final = "confirm"
@@ -56,6 +54,7 @@ class Rule:
     say: str = ""
     set: Mapping[str, str | int] = field(default_factory=dict)
     also: tuple[str, ...] = ()
+    again: bool = False  # with go = "stay": the question again after ``say`` (a question answered)
 
     def matches(self, utterance: Utterance) -> bool:
         return self.intent is None or self.intent.matches(utterance)
@@ -67,6 +66,7 @@ class Branch:
 
     go: str
     when: Mapping[str, str] = field(default_factory=dict)
+    say: str = ""
 
     def applies(self, variables: Callable[[str], Any]) -> bool:
         return all(str(variables(key) or "") == value for key, value in self.when.items())
@@ -97,11 +97,6 @@ class Step:
     def label_for(self, n: int) -> str:
         return self.labels[min(n, len(self.labels)) - 1] if self.labels else ""
 
-    @property
-    def partial_key(self) -> str:
-        """Where the digits heard so far wait (``_sjhm_partial``)."""
-        return f"_{self.slot}_partial"
-
 
 @dataclass(frozen=True, slots=True)
 class Replies:
@@ -126,3 +121,6 @@ class Script:
     outcomes: Mapping[str, Outcome]
     yes: Intent | None
     no: Intent | None
+    speech: Speech = field(default_factory=Speech)
+    voice: Voice = field(default_factory=Voice)
+    listen: tuple[str, ...] = ()  # steps whose slots are filled from whatever the caller says

@@ -35,14 +35,18 @@ def fold(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Utterance:
+    """One utterance in the forms the agent compares with."""
+
     raw: str
-    folded: str
+    folded: str  # NFKC, lower case, no whitespace, dialect rewritten: what keywords are searched in
     bare: str  # folded, punctuation removed: what ``exact`` answers are compared with
+    core: str = ""  # bare without fillers and particles around it, repeats said once: also ``exact``
+    correction: Utterance | None = None  # what follows the last "不对，是..." inside the utterance
 
     @classmethod
     def of(cls, text: str) -> Utterance:
-        folded = fold(text)
-        return cls(text, folded, NON_WORD.sub("", folded))
+        """The utterance without any vocabulary (``Speech.hear`` applies the phone-speech rules)."""
+        return PLAIN.hear(text)
 
     @property
     def silent(self) -> bool:
@@ -55,30 +59,108 @@ def alternation(phrases: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(map(re.escape, unique))) if unique else None
 
 
+_REPEATS = re.compile(r"(.{1,3}?)\1+")
+
+
+class Speech:
+    """How a phone line's recogniser delivers speech, and how to read it (``callagent/data/speech.toml``).
+
+    - ``rewrites``: dialect and recogniser forms replaced by the standard one before anything
+      else (木有 -> 没有), so every intent and extractor understands them;
+    - ``fillers`` and ``particles``: words around a short answer that carry no meaning
+      (嗯, 那个; 嘞, 呢, 啦): the utterance's ``core`` drops them at both ends and says a
+      repeated word once (对头对头 -> 对头, 嗯嗯对 -> 对), so 行嘞 is 行 and 是的呢 is 是的;
+    - ``corrections``: markers after which the caller replaces what they just said
+      (沪A12345，不对，是沪A12346): extractors read what follows the last one first.
+    """
+
+    def __init__(
+        self,
+        rewrites: Mapping[str, str] | None = None,
+        fillers: Iterable[str] = (),
+        particles: Iterable[str] = (),
+        corrections: Iterable[str] = (),
+    ) -> None:
+        self._rewrites = dict(rewrites or {})
+        self._rewrite = alternation(self._rewrites)
+        self._padding = alternation([*fillers, *particles])
+        self._corrections = alternation(corrections)
+
+    def hear(self, text: str) -> Utterance:
+        folded = self.rewrite(fold(text))
+        bare = NON_WORD.sub("", folded)
+        return Utterance(text, folded, bare, self._core(bare), self._correction(text))
+
+    def rewrite(self, text: str) -> str:
+        if self._rewrite is None:
+            return text
+        return self._rewrite.sub(lambda match: self._rewrites[match.group()], text)
+
+    def _core(self, bare: str) -> str:
+        core = _REPEATS.sub(r"\1", bare)
+        if self._padding is None:
+            return core
+        while True:
+            before = core
+            core = _REPEATS.sub(r"\1", core)
+            match = self._padding.match(core)
+            if match and match.end() < len(core):
+                core = core[match.end() :]
+            for match in self._padding.finditer(core):
+                if match.end() == len(core) and match.start() > 0:
+                    core = core[: match.start()]
+                    break
+            if core == before:
+                return core
+
+    def _correction(self, text: str) -> Utterance | None:
+        if self._corrections is None:
+            return None
+        spoken = unicodedata.normalize("NFKC", text)
+        ends = [match.end() for match in self._corrections.finditer(spoken)]
+        if not ends:
+            return None
+        tail = spoken[ends[-1] :]
+        return self.hear(tail) if NON_WORD.sub("", tail) else None
+
+
+PLAIN: Final = Speech()
+
+
 @dataclass(frozen=True, slots=True)
 class Intent:
-    """What the caller means, recognised by keywords or by whole short answers."""
+    """What the caller means, recognised by keywords, by whole short answers, or by word groups.
+
+    ``groups`` recognise a meaning said in many ways: the intent matches when every group has one
+    of its words in the utterance (为什么/干嘛/做什么 with 手机/电话/号码: why the phone number).
+    """
 
     name: str
     keywords: tuple[str, ...]
     exact: frozenset[str]
     excepted: tuple[str, ...]
+    groups: tuple[tuple[str, ...], ...] = ()
     _keywords: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
     _excepted: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _groups: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_keywords", alternation(self.keywords))
         object.__setattr__(self, "_excepted", alternation(self.excepted))
+        groups = (alternation(group) for group in self.groups)
+        object.__setattr__(self, "_groups", tuple(group for group in groups if group is not None))
 
     def matches(self, utterance: Utterance) -> bool:
-        if utterance.bare in self.exact:
+        if utterance.bare in self.exact or (utterance.core and utterance.core in self.exact):
             return True
-        if self._keywords is None:
+        if self._keywords is None and not self._groups:
             return False
         text = utterance.folded
         if self._excepted is not None:
             text = self._excepted.sub("\x00", text)  # a blank that joins no neighbours
-        return self._keywords.search(text) is not None
+        if self._keywords is not None and self._keywords.search(text) is not None:
+            return True
+        return bool(self._groups) and all(group.search(text) for group in self._groups)
 
 
 # --------------------------------------------------------------------------------------------
