@@ -36,8 +36,8 @@ class ScriptChecker:
         for step in script.steps.values():
             self._step(self.steps_table.table(step.name), step)
         for name in script.listen:
-            step = script.steps.get(name)
-            if step is None or step.extractor is None:
+            listening = script.steps.get(name)
+            if listening is None or listening.extractor is None:
                 raise settings.error("listen", f"{name!r} must name a step with `extract`")
 
     def _outcome(self, table: Table, key: str, name: str) -> None:
