@@ -472,7 +472,7 @@ CALLS = load_calls()
 
 
 def test_the_corpus_is_big_enough() -> None:
-    assert len(CALLS) >= 40
+    assert len(CALLS) >= 110
 
 
 @pytest.mark.parametrize("call", CALLS)

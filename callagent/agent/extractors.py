@@ -101,8 +101,9 @@ class PhoneExtractor:
 class PlaceExtractor:
     """Where the accident happened: the caller's words, trimmed of fillers and lead-ins.
 
-    Said in passing, a place needs a marker before it (在, 位于) and a landmark word ending it
-    (路, 路口, 高架, 小区...): "我在中山路和人民路路口被追尾了" gives 中山路和人民路路口.
+    Said in passing, a place needs a marker before it (在, 位于), a landmark word ending it
+    (路, 路口, 高架, 小区...) and a name before the landmarks: "我在中山路和人民路路口被追尾了"
+    gives 中山路和人民路路口, "我在高速路上" gives nothing (the question will be asked).
     """
 
     accumulates = False
@@ -149,9 +150,16 @@ class PlaceExtractor:
         spoken = WHITESPACE.sub(" ", unicodedata.normalize("NFKC", utterance.raw))
         for match in self._mention.finditer(spoken):
             found = self.extract(Utterance.of(match["place"]), "")
-            if found is not None and found.value not in self._landmarks:
+            if found is not None and self._named(found.value):
                 return found
         return None
+
+    def _named(self, place: str) -> bool:
+        """Whether a place has a name before its landmark words (中山路, not 高速路 or 路口)."""
+        name = NON_WORD.sub("", place)
+        while stripped := next((name[: -len(word)] for word in self._landmarks if name.endswith(word)), ""):
+            name = stripped
+        return len(name) >= self._min_chars and name not in self._landmarks
 
     def _trim(self, text: str) -> str:
         while True:

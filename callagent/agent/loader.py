@@ -92,6 +92,7 @@ class _ScriptReader:
             speech=self.speech,
             voice=self._voice(root.table("speech")),
             listen=settings.texts("listen"),
+            intents=self.intents,
         )
         ScriptChecker(script, root).check()
         return script

@@ -124,3 +124,4 @@ class Script:
     speech: Speech = field(default_factory=Speech)
     voice: Voice = field(default_factory=Voice)
     listen: tuple[str, ...] = ()  # steps whose slots are filled from whatever the caller says
+    intents: Mapping[str, Intent] = field(default_factory=dict)
