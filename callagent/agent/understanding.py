@@ -1,9 +1,13 @@
 """Understanding: what a caller's utterance says, as intents and numbers see it.
 
-Everything the agent hears goes through here first. ``Utterance`` holds the text in the forms the
-rest of the agent compares with (folded: NFKC, lower case, no whitespace; bare: also without
-punctuation); ``Intent`` recognises what the caller means by keywords, whole short answers and
+Everything the agent hears goes through here first. ``Speech`` knows how a phone line's recogniser
+delivers Chinese speech (dialect forms, fillers and particles, corrections inside an utterance:
+the vocabulary of ``callagent/data/speech.toml``) and turns a text into an ``Utterance``: the
+forms the rest of the agent compares with (folded: NFKC, lower case, no whitespace, dialect
+rewritten; bare: also without punctuation; core: without fillers and particles around it).
+``Intent`` recognises what the caller means by keywords, whole short answers, word groups and
 phrases that must not count; ``SpokenNumbers`` rewrites spoken Chinese digits as ASCII digits.
+These are rules about phone speech, so every question of every script benefits from them.
 
 Numbers: plates and phone numbers are spoken digit by digit (幺三八, 八九三九). cn2an reads such
 a run as one integer, which loses leading zeros, so runs without unit characters are mapped digit
