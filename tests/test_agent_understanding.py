@@ -167,6 +167,7 @@ def test_intents(agent: LocalAgent, intent: str, spoken: str, meant: bool) -> No
         ("沪西幺二三四五", "沪C12345"),
         ("粤B迪12345", "粤BD12345"),
         ("京西迪八八六六八", "京CD88668"),
+        ("嗯，那个，沪A，嗯，八九三九", "沪A8939"),  # fillers inside the plate
         # the extractor reads the utterance as it is; the dialogue gives it the correction first
         ("沪A12345，不对，是沪A12346", "沪A12345"),
     ],
@@ -200,6 +201,18 @@ def test_a_plate_split_over_utterances(
     agent: LocalAgent, spoken: str, held: str, expected: Extraction | None
 ) -> None:
     assert extract(agent, "plate", spoken, held) == expected
+
+
+@pytest.mark.parametrize(
+    ("spoken", "held", "expected"),
+    [
+        ("幺三八，嗯，幺二三四，五六七八", "", Extraction("13812345678")),
+        ("嗯，一", "138", Extraction(partial="1381")),
+        ("那个，五六七八", "1381234", Extraction("13812345678")),
+    ],
+)
+def test_phone_digits_among_fillers(agent: LocalAgent, spoken: str, held: str, expected: Extraction) -> None:
+    assert extract(agent, "phone", spoken, held) == expected
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ class PhoneExtractor:
         self._whole = re.compile(f"(?<![0-9a-z])[0-9]{{{length}}}(?![0-9])")
 
     def spot(self, utterance: Utterance) -> Extraction | None:
-        text = self._GAPS.sub("", self._numbers.to_ascii(utterance.folded))
+        text = self._GAPS.sub("", self._numbers.to_ascii(utterance.plain))
         for match in self._whole.finditer(text):
             if self._plausible(match.group()):
                 return Extraction(match.group())
@@ -88,10 +88,10 @@ class PhoneExtractor:
             return Extraction(partial=digits)  # the caller started over
         return Extraction()
     def _digits(self, utterance: Utterance) -> str:
-        spoken = self._numbers.to_ascii(utterance.bare)
+        spoken = self._numbers.to_ascii(NON_WORD.sub("", utterance.plain))
         if spoken.isascii() and spoken.isdigit():
-            return spoken  # nothing but digits: even a single one counts
-        runs = self._RUNS.findall(self._GAPS.sub("", self._numbers.to_ascii(utterance.folded)))
+            return spoken  # nothing but digits (fillers aside): even a single one counts
+        runs = self._RUNS.findall(self._GAPS.sub("", self._numbers.to_ascii(utterance.plain)))
         return "".join(run for run in runs if len(run) > 1)  # a lone 一 is a word (看一下), not a digit
 
     def _plausible(self, digits: str) -> bool:

@@ -69,7 +69,7 @@ class PlateExtractor:
         return self._plates(self._text(utterance))
 
     def _text(self, utterance: Utterance) -> str:
-        return self._SEPARATORS.sub("", self._numbers.to_ascii(utterance.folded)).upper()
+        return self._SEPARATORS.sub("", self._numbers.to_ascii(utterance.plain)).upper()
 
     def _plates(self, text: str) -> Extraction | None:
         plates: list[str] = []

@@ -45,6 +45,7 @@ class Utterance:
     folded: str  # NFKC, lower case, no whitespace, dialect rewritten: what keywords are searched in
     bare: str  # folded, punctuation removed: what ``exact`` answers are compared with
     core: str = ""  # bare without fillers and particles around it, repeats said once: also ``exact``
+    plain: str = ""  # folded without fillers anywhere: what numbers and plates are read from
     correction: Utterance | None = None  # what follows the last "不对，是..." inside the utterance
 
     @classmethod
@@ -74,6 +75,7 @@ class Speech:
     - ``fillers`` and ``particles``: words around a short answer that carry no meaning
       (嗯, 那个; 嘞, 呢, 啦): the utterance's ``core`` drops them at both ends and says a
       repeated word once (对头对头 -> 对头, 嗯嗯对 -> 对), so 行嘞 is 行 and 是的呢 is 是的;
+      its ``plain`` form drops fillers anywhere, so "沪A，嗯，八九三九" is still a plate;
     - ``corrections``: markers after which the caller replaces what they just said
       (沪A12345，不对，是沪A12346): extractors read what follows the last one first.
     """
@@ -88,12 +90,14 @@ class Speech:
         self._rewrites = dict(rewrites or {})
         self._rewrite = alternation(self._rewrites)
         self._padding = alternation([*fillers, *particles])
+        self._fillers = alternation(fillers)
         self._corrections = alternation(corrections)
 
     def hear(self, text: str) -> Utterance:
         folded = self.rewrite(fold(text))
         bare = NON_WORD.sub("", folded)
-        return Utterance(text, folded, bare, self._core(bare), self._correction(text))
+        plain = self._fillers.sub("", folded) if self._fillers is not None else folded
+        return Utterance(text, folded, bare, self._core(bare), plain, self._correction(text))
 
     def rewrite(self, text: str) -> str:
         if self._rewrite is None:
