@@ -225,6 +225,9 @@ def test_phone_digits_among_fillers(agent: LocalAgent, spoken: str, held: str, e
         ("被后面的怼了", "多车", 2),
         ("我撞了", "多车", 2),  # a collision with nothing named: another vehicle
         ("撞到电线杆了", "单车", 1),
+        ("两个", "多车", 2),
+        ("就一个", "单车", 1),
+        ("两个人", None, 0),
         ("我们俩都没事", None, 0),
     ],
 )
@@ -251,6 +254,7 @@ def test_colloquial_vehicle_counts(agent: LocalAgent, spoken: str, kind: str | N
         ("injury", "人都没事", "否"),
         ("injury", "没有", None),  # a bare 没有 means nothing unless asked
         ("vehicles", "我被追尾了", "多车"),
+        ("vehicles", "车上就我们两个", None),  # a bare 两个 said in passing counts people
         ("plate", "车牌沪A12345", "沪A12345"),
         ("plate", "沪A", None),
     ],

@@ -190,7 +190,9 @@ class VehiclesExtractor:
 
     accumulates = False
     reads_as = "text"
-    _COUNT = re.compile(r"(?<!第)([0-9]{1,3})(?:辆|台|部|个车|车)")
+    _COUNT = re.compile(r"(?<!第)([0-9]{1,3})(?:辆|台|部|个车|车)")  # 两辆, 三台, 三个车, 两车
+    # Answering the question, a bare 两个 counts vehicles too (said in passing it may count people).
+    _ANSWERED_COUNT = re.compile(r"(?<!第)([0-9]{1,3})(?:辆|台|部|个车|车|个(?![\u4e00-\u9fff]))")
 
     def __init__(
         self,
@@ -213,7 +215,13 @@ class VehiclesExtractor:
         self._most = most
 
     def extract(self, utterance: Utterance, partial: str) -> Extraction | None:
-        count = self._spoken_count(utterance)
+        return self._read(utterance, self._ANSWERED_COUNT)
+
+    def spot(self, utterance: Utterance) -> Extraction | None:
+        return self._read(utterance, self._COUNT)
+
+    def _read(self, utterance: Utterance, counts: re.Pattern[str]) -> Extraction | None:
+        count = self._spoken_count(utterance, counts)
         if count >= 2:
             return self._vehicles(self._multi_value, min(count, self._most))
         if self._multi.matches(utterance):
@@ -224,14 +232,11 @@ class VehiclesExtractor:
             return self._vehicles(self._multi_value, 2)
         return None
 
-    def spot(self, utterance: Utterance) -> Extraction | None:
-        return self.extract(utterance, "")
-
-    def _spoken_count(self, utterance: Utterance) -> int:
+    def _spoken_count(self, utterance: Utterance, counts: re.Pattern[str]) -> int:
         text = utterance.folded
         if self._count_word is not None:
             text = self._count_word.sub(lambda match: self._count_words[match.group()], text)
-        match = self._COUNT.search(self._numbers.to_ascii(text))
+        match = counts.search(self._numbers.to_ascii(text))
         return int(match.group(1)) if match else 0
 
     def _vehicles(self, kind: str, count: int) -> Extraction:
