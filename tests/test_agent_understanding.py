@@ -120,9 +120,14 @@ def test_colloquial_yes(agent: LocalAgent, spoken: str) -> None:
     assert means(agent, "ready", spoken), "a yes is also a go-ahead"
 
 
-@pytest.mark.parametrize("spoken", ["不对", "不是的", "对不对", "不行嘞", "不中", "中山路"])
+@pytest.mark.parametrize("spoken", ["不对", "不是的", "对不对", "不行嘞", "不中", "木对", "中山路"])
 def test_not_a_yes(agent: LocalAgent, spoken: str) -> None:
     assert not means(agent, "yes", spoken)
+
+
+@pytest.mark.parametrize("spoken", ["不对", "不是的", "不对不对", "搞错了", "不中", "木对", "不对头", "错咯"])
+def test_colloquial_no(agent: LocalAgent, spoken: str) -> None:
+    assert means(agent, "no", spoken)
 
 
 @pytest.mark.parametrize(
@@ -140,6 +145,7 @@ def test_not_a_yes(agent: LocalAgent, spoken: str) -> None:
         ("injury", "没破皮", False),
         ("ask_who", "你是谁啊", True),
         ("ask_who", "你们是哪里打来的", True),
+        ("ask_who", "这是诈骗电话吧", True),
         ("ask_why", "为什么要我手机号", True),
         ("ask_why", "要电话干嘛", True),
         ("ask_why", "手机号是13812345678", False),
