@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from .script import STAY, Rule, Script, Step
-
-if TYPE_CHECKING:
-    from .tables import Table
+from .tables import Table
 
 RESERVED_NAMES: Final = frozenset({STAY})
 
