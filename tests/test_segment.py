@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callagent.segment import ClauseSegmenter, SegmentOptions, clean_markup
+from callagent.markup import clean_markup
+from callagent.segment import ClauseSegmenter, SegmentOptions
 
 Output = tuple[str, str]  # (where it came from: feed | flush | finish, clause)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import fastgpt_emulator as fe
 
-from callagent.segment import clean_markup
+from callagent.markup import clean_markup
 
 from .conftest import body, parse_sse
 
