@@ -158,9 +158,7 @@ async def test_partial_prompts_wait_for_the_last_one_unless_enabled(make_client:
     assert [r.caller_text for r in await transcript(eager, CALL_SID)] == ["喂"]
 
 
-async def test_an_upstream_failure_speaks_the_fallback_then_transfers(
-    fastgpt_client: Any, emulator: Any
-) -> None:
+async def test_an_upstream_failure_speaks_the_fallback_then_transfers(fastgpt_client: Any, emulator: Any) -> None:
     emulator.set_fault("http500")
     call = await connect(fastgpt_client)
     await call.setup()
@@ -207,9 +205,7 @@ async def test_bad_frames_are_skipped_and_the_call_goes_on(make_client: Any, tmp
     assert any(e["event"] == "relay_platform_error" for e in logs)
 
 
-async def test_a_closed_socket_cancels_its_turn_and_closes_the_upstream(
-    fastgpt_client: Any, emulator: Any
-) -> None:
+async def test_a_closed_socket_cancels_its_turn_and_closes_the_upstream(fastgpt_client: Any, emulator: Any) -> None:
     emulator.brain = fe.ScriptedBrain([LONG_TRANSFER])
     emulator.chunk_delay = 0.05
     call = await connect(fastgpt_client)
@@ -252,9 +248,8 @@ async def test_an_unsigned_or_badly_signed_upgrade_is_refused(signed_client: Any
         headers["X-Twilio-Signature"] = "AAAAAAAAAAAAAAAAAAAAAAAAAAA="
     elif signature == "wrong-url":
         headers["X-Twilio-Signature"] = sign("wss://elsewhere.example.com/conversation-relay")
-    with capture_logs() as logs:
-        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            await signed_client.ws_connect("/conversation-relay", headers=headers)
+    with capture_logs() as logs, pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await signed_client.ws_connect("/conversation-relay", headers=headers)
     assert refused.value.status == 403
     (line,) = [e for e in logs if e["event"] == "twilio_signature_rejected"]
     assert AUTH_TOKEN not in repr(logs)

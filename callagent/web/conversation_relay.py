@@ -150,9 +150,7 @@ class RelaySocket:
             raise InvalidRequest("last: must be true or false")
         if self.ended or not text.strip() or not (last or self.settings.twilio_partial_prompts):
             return  # a partial transcript, unless partial prompts are on, waits for the last one
-        turn = self.commands.start_turn(
-            TurnRequest(session_id, text, transport="twilio", segment=self.segment)
-        )
+        turn = self.commands.start_turn(TurnRequest(session_id, text, transport="twilio", segment=self.segment))
         self.turn = turn
         self.pumps[turn.id] = asyncio.create_task(self.pump(turn), name=f"relay-pump-{turn.id}")
 

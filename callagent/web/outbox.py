@@ -30,8 +30,9 @@ class Outbox:
             self._queue.put_nowait(msg)
         except asyncio.QueueFull:
             if not self.ws.closed:
-                log.warning("ws_slow_consumer", path=self.request.path, queued=self._queue.qsize(),
-                            reason="peer is not reading")
+                log.warning(
+                    "ws_slow_consumer", path=self.request.path, queued=self._queue.qsize(), reason="peer is not reading"
+                )
                 if self.request.transport is not None:
                     self.request.transport.abort()
 

@@ -45,7 +45,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
-from ..errors import Forbidden
+from ..errors import Forbidden, InvalidRequest
 from ..settings import Settings
 from ..stages import Stage
 from .keys import SETTINGS, STAGES
@@ -59,6 +59,7 @@ HANDOFF_PATH = "/twilio/handoff"
 PATHS = frozenset({RELAY_PATH, VOICE_PATH, HANDOFF_PATH})
 TRANSFER, HANG_UP = "transfer", "hangup"
 MAX_HANDOFF_CHARS = 4096
+FORM = "application/x-www-form-urlencoded"
 
 
 # -- which stages end the call -------------------------------------------------------------
@@ -141,7 +142,12 @@ def verify_signature(request: web.Request, params: Mapping[str, str], websocket:
 
 async def verified_form(request: web.Request) -> dict[str, str]:
     """The webhook's form fields, once its signature checks out."""
-    form = await request.post()
+    if request.body_exists and request.content_type != FORM:
+        raise InvalidRequest(f"the body must be {FORM} (Twilio's webhook format)")
+    try:
+        form = await request.post()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the form body could not be decoded") from None
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     verify_signature(request, fields)
     return fields
@@ -220,4 +226,3 @@ def _dial(target: str) -> Dial:
     else:
         dial.number(target)
     return dial
-
