@@ -155,7 +155,10 @@ async def test_partial_prompts_wait_for_the_last_one_unless_enabled(make_client:
     await call.setup()
     await call.prompt("喂", last=False)
     assert "方便通话吗" in call.spoken(await call.reply())
-    assert [r.caller_text for r in await transcript(eager, CALL_SID)] == ["喂"]
+    await call.prompt("喂", last=True)  # the same words, final: already answered
+    await call.prompt("方便", last=True)
+    assert "有人受伤吗" in call.spoken(await call.reply())
+    assert [r.caller_text for r in await transcript(eager, CALL_SID)] == ["喂", "方便"]
 
 
 async def test_an_upstream_failure_speaks_the_fallback_then_transfers(fastgpt_client: Any, emulator: Any) -> None:

@@ -71,6 +71,7 @@ class RelaySocket:
         self.outbox = Outbox(request, ws, settings.ws_send_queue)
         self.session_id: str | None = None
         self.turn: Turn | None = None  # the turn whose reply this socket speaks
+        self.partial_text: str | None = None  # the partial prompt self.turn answers, if it does
         self.pumps: dict[str, asyncio.Task[None]] = {}  # turn id -> pump
         self.ended = False  # `end` was sent: the platform closes the session
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
@@ -150,8 +151,12 @@ class RelaySocket:
             raise InvalidRequest("last: must be true or false")
         if self.ended or not text.strip() or not (last or self.settings.twilio_partial_prompts):
             return  # a partial transcript, unless partial prompts are on, waits for the last one
+        if last and text == self.partial_text:
+            self.partial_text = None
+            return  # the final transcript is the partial one already being answered
         turn = self.commands.start_turn(TurnRequest(session_id, text, transport="twilio", segment=self.segment))
         self.turn = turn
+        self.partial_text = None if last else text
         self.pumps[turn.id] = asyncio.create_task(self.pump(turn), name=f"relay-pump-{turn.id}")
 
     async def on_interrupt(self, msg: dict[str, Any]) -> None:

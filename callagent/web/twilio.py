@@ -135,7 +135,7 @@ def verify_signature(request: web.Request, params: Mapping[str, str], websocket:
             "twilio_signature_rejected",
             path=request.path,
             reason="missing" if not signature else "mismatch",
-            signed_url=url,
+            signed_base=base,  # the query is left out: it may carry an API key
         )
         raise Forbidden("X-Twilio-Signature does not verify")
 
