@@ -268,3 +268,23 @@ async def test_the_public_url_is_what_gets_signed(make_client: Any, tmp_path: Pa
     with pytest.raises(aiohttp.WSServerHandshakeError):
         url = str(client.make_url("/conversation-relay")).replace("http://", "ws://")
         await client.ws_connect("/conversation-relay", headers={"X-Twilio-Signature": sign(url)})
+
+
+async def test_clauses_and_shutdown_after_the_running_reply(make_client: Any, tmp_path: Path) -> None:
+    client = await make_client(local_settings(tmp_path, twilio_segment="clause", local_chunk_delay=0.01))
+    call = await connect(client)
+    await call.setup()
+    await call.prompt("喂")
+    first = await call.receive()
+    closing = asyncio.create_task(client.server.close())
+    frames = [first]
+    while True:
+        msg = await asyncio.wait_for(call.ws.receive(), 10)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            break
+        frames.append(orjson.loads(msg.data))
+    await closing
+    # The running reply is finished before the socket closes with 1001 (going away).
+    assert frames[-1] == REPLY_END and (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+    tokens = [f["token"] for f in frames[:-1]]
+    assert len(tokens) >= 2 and all(t[-1] in "，。？！、；：" for t in tokens), tokens

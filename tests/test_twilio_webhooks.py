@@ -158,3 +158,26 @@ async def test_a_body_that_is_not_a_form_is_a_clear_422(make_client: Any) -> Non
         assert (await response.json())["type"] == "invalid_request"
     empty = await client.post("/twilio/handoff")
     assert empty.status == 200 and twiml(await empty.text())[0].tag == "Hangup"
+
+
+def test_the_twilio_settings_are_read_and_checked() -> None:
+    from callagent.settings import ConfigError
+
+    env = {
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "CALLAGENT_PUBLIC_URL": "https://agent.example.com/cr",
+        "CALLAGENT_TWILIO_PARTIAL_PROMPTS": "yes",
+        "CALLAGENT_TWILIO_TRANSFER_STAGES": "0001, 0003",
+    }
+    s = Settings.from_env(env, env_file=None)
+    assert s.twilio_auth_token.value == AUTH_TOKEN and AUTH_TOKEN not in repr(s)
+    assert (s.public_url, s.twilio_partial_prompts) == ("https://agent.example.com/cr", True)
+    for name, value in [
+        ("CALLAGENT_PUBLIC_URL", "agent.example.com"),
+        ("CALLAGENT_PUBLIC_URL", "https://agent.example.com/?x=1"),
+        ("CALLAGENT_TWILIO_END_URL", "ftp://x"),
+        ("CALLAGENT_TWILIO_SEGMENT", "word"),
+        ("CALLAGENT_TWILIO_HANGUP_STAGES", "0000;1001"),
+    ]:
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value}, env_file=None)
