@@ -11,6 +11,7 @@ import aiohttp
 import fastgpt_emulator as fe
 import orjson
 import pytest
+from multidict import MultiDict
 from structlog.testing import capture_logs
 
 from callagent.settings import Settings
@@ -241,6 +242,10 @@ async def test_a_signed_upgrade_is_accepted(signed_client: Any) -> None:
     ws = await signed_client.ws_connect(
         "/conversation-relay?line=7", headers={"X-Twilio-Signature": signature, "X-Forwarded-Proto": "https"}
     )
+    await ws.close()
+    # Every value of a repeated parameter is signed.
+    signature = sign(f"ws://{host}/conversation-relay", MultiDict([("line", "7"), ("line", "8")]))
+    ws = await signed_client.ws_connect("/conversation-relay?line=7&line=8", headers={"X-Twilio-Signature": signature})
     await ws.close()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -30,7 +31,7 @@ OUTBOUND_TYPES = {"text", "play", "sendDigits", "language", "end"}
 TEXT_FIELDS = {"type", "token", "last", "lang", "interruptible", "preemptible"}
 
 
-def sign(url: str, params: dict[str, str] | None = None, token: str = AUTH_TOKEN) -> str:
+def sign(url: str, params: Mapping[str, str] | None = None, token: str = AUTH_TOKEN) -> str:
     return str(RequestValidator(token).compute_signature(url, params or {}))
 
 

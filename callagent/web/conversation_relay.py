@@ -36,7 +36,7 @@ from ..stages import Stage
 from ..turns import Turn, TurnRequest
 from . import twilio
 from . import validation as v
-from .keys import COMMANDS, METRICS, SETTINGS, SOCKETS, STAGES
+from .keys import COMMANDS, METRICS, SETTINGS, SOCKETS
 from .outbox import Outbox
 
 log = structlog.get_logger("callagent.relay")
@@ -65,7 +65,6 @@ class RelaySocket:
         app = request.app
         self.settings = settings = app[SETTINGS]
         self.commands = app[COMMANDS]
-        self.stages = app[STAGES]
         self.end_rule = twilio.EndRule(settings)
         self.segment = v.segment_options(settings.twilio_segment)
         self.outbox = Outbox(request, ws, settings.ws_send_queue)
@@ -205,7 +204,7 @@ class RelaySocket:
                     if event.text:
                         self.send(self.text_frame(event.text, last=False))
                 elif isinstance(event, StageCode):
-                    stage = self.stages.resolve(event.code)
+                    stage = Stage(event.code, event.name)
                 elif isinstance(event, Error):
                     log.warning("relay_turn_failed", session_id=turn.session_id, turn_id=turn.id, error=event.type)
             # Done or Error: a reply cut off by an interrupt or a newer prompt says nothing more.
