@@ -293,3 +293,26 @@ async def test_clauses_and_shutdown_after_the_running_reply(make_client: Any, tm
     assert frames[-1] == REPLY_END and (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
     tokens = [f["token"] for f in frames[:-1]]
     assert len(tokens) >= 2 and all(t[-1] in "，。？！、；：" for t in tokens), tokens
+
+
+async def test_a_telnyx_call_speaks_the_same_frames(make_client: Any, tmp_path: Path) -> None:
+    client = await make_client(local_settings(tmp_path))
+    call = await connect(client)
+    telnyx_call = "v2:T02llQxIyaRkhfRKxgAP8nY511EhFLizdvdUKJiSw8d6A9BborherQ"
+    await call.send(
+        {
+            "type": "setup",
+            "sessionId": "7a7e6a4f-1d44-4f0c-b5d4-9f9bf3a5c1f2",
+            "callSid": telnyx_call,
+            "callControlId": telnyx_call,
+            "from": "+13122010094",
+            "to": "+13122123456",
+            "direction": "inbound",
+            "callStatus": "active",
+            "customParameters": {"customer_id": "customer_123"},
+        }
+    )
+    await call.send({"type": "prompt", "voicePrompt": "喂", "lang": "zh", "last": True})
+    assert "方便通话吗" in call.spoken(await call.reply())
+    info = await client.get("/get_info", params={"sessionId": telnyx_call, "key": "customer_id"})
+    assert (await info.json())["value"] == "customer_123"
