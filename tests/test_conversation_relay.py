@@ -73,6 +73,9 @@ async def test_a_call_to_its_transfer_then_the_handoff_dials(make_client: Any, t
     records = await transcript(settings, CALL_SID)
     assert [r.transport for r in records] == ["twilio", "twilio"]
     assert [r.status for r in records] == ["completed", "completed"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'callagent_turns_total{status="completed",transport="twilio"} 2.0' in metrics
+    assert "callagent_open_websockets 1.0" in metrics
     await call.ws.close()
 
 
