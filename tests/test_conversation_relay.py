@@ -129,12 +129,14 @@ async def test_an_interrupt_stops_the_reply_records_what_was_heard_and_never_end
     assert second.status == "completed"
 
 
-async def test_an_interrupt_after_the_reply_notes_what_was_heard(
+async def test_an_interrupt_of_the_greeting_or_after_the_reply_notes_what_was_heard(
     fastgpt_client: Any, emulator: Any, fastgpt_settings: Settings
 ) -> None:
     emulator.brain = fe.ScriptedBrain(["<state>1002</state>您好，请问有人受伤吗？"])
     call = await connect(fastgpt_client)
     await call.setup()
+    await call.interrupt("欢迎致电", duration=200)  # over the platform's welcome greeting: acknowledged
+    assert await call.receive() == REPLY_END
     await call.prompt("喂")
     await call.reply()
     await call.interrupt("您好", duration=300)

@@ -162,19 +162,18 @@ class RelaySocket:
         session_id = self.require_setup()
         heard = v.optional_str(msg, "utteranceUntilInterrupt", self.settings.max_text_chars)
         duration = interrupt_duration(msg.get("durationUntilInterruptMs"))
-        turn_id = self.turn.id if self.turn is not None else None
-        interruption = await self.commands.interrupt(session_id, heard, turn_id)
-        pump = self.pumps.get(interruption.turn.id) if interruption.turn is not None else None
-        if pump is not None:
-            await asyncio.shield(pump)  # it has sent the last of the stopped reply
-        log.info(
-            "relay_interrupt",
-            session_id=session_id,
-            turn_id=interruption.turn_id,
-            cancelled=interruption.cancelled,
-            heard_chars=len(heard or ""),
-            duration_ms=duration,
-        )
+        if self.turn is not None:  # else the caller talked over the platform's welcome greeting
+            interruption = await self.commands.interrupt(session_id, heard, self.turn.id)
+            pump = self.pumps.get(interruption.turn.id) if interruption.turn is not None else None
+            if pump is not None:
+                await asyncio.shield(pump)  # it has sent the last of the stopped reply
+            log.info(
+                "relay_interrupt",
+                turn_id=interruption.turn_id,
+                cancelled=interruption.cancelled,
+                heard_chars=len(heard or ""),
+                duration_ms=duration,
+            )
         if not self.ended:
             self.send(self.text_frame("", last=True))
 
