@@ -7,6 +7,7 @@
     │   └── MalformedJSON               400 malformed_json
     ├── PayloadTooLarge                 413 payload_too_large
     ├── Unauthorized                    401 unauthorized
+    ├── Forbidden                       403 forbidden             (a Twilio signature that does not verify)
     ├── NotFound                        404 not_found
     │   └── SessionNotFound             404 session_not_found
     ├── MethodNotAllowed                405 method_not_allowed
@@ -61,6 +62,11 @@ class PayloadTooLarge(CallagentError):
 class Unauthorized(CallagentError):
     status = 401
     type = "unauthorized"
+
+
+class Forbidden(CallagentError):
+    status = 403
+    type = "forbidden"
 
 
 class NotFound(CallagentError):

@@ -83,10 +83,25 @@ class Settings:
     uvloop: bool = True  # run on uvloop when it is installed (the `fast` extra)
     log_format: str = "auto"
     log_level: str = "info"
+    # Twilio ConversationRelay (and Telnyx): web/twilio.py, web/conversation_relay.py.
+    twilio_auth_token: Secret = Secret("")  # noqa: RUF009 (immutable str subclass)
+    public_url: str = ""  # the base URL the platform calls, e.g. https://agent.example.com
+    twilio_transfer_to: str = ""  # a phone number or sip: URI for the transfer stages
+    twilio_transfer_stages: str = "0001,0002,0003"
+    twilio_hangup_stages: str = "0000,1001"
+    twilio_end_url: str = ""  # TwiML to continue with after a hang-up stage (default: hang up)
+    twilio_language: str = "zh-CN"
+    twilio_voice: str = ""
+    twilio_tts_provider: str = ""
+    twilio_transcription_provider: str = ""
+    twilio_welcome_greeting: str = ""
+    twilio_partial_prompts: bool = False
+    twilio_lang: str = ""  # `lang` on outgoing text frames
+    twilio_segment: str = "none"
 
     def __post_init__(self) -> None:
         # Plain strings given in code become Secrets too, so they can never be logged.
-        for name in ("fastgpt_api_key", "dify_api_key", "openai_api_key"):
+        for name in ("fastgpt_api_key", "dify_api_key", "openai_api_key", "twilio_auth_token"):
             object.__setattr__(self, name, Secret(str.__str__(getattr(self, name))))
         object.__setattr__(self, "api_keys", tuple(Secret(str.__str__(k)) for k in self.api_keys))
         _validate(self)
@@ -125,6 +140,7 @@ ENV_NAMES = {
     "openai_model": "OPENAI_MODEL",
     "openai_extra_body": "OPENAI_EXTRA_BODY",
     "openai_history_turns": "OPENAI_HISTORY_TURNS",
+    "twilio_auth_token": "TWILIO_AUTH_TOKEN",
 }
 
 _TYPES: dict[str, str] = {}
@@ -228,6 +244,14 @@ def _validate(s: Settings) -> None:
         fail("CALLAGENT_LOG_FORMAT", "must be 'console', 'json' or 'auto'")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         fail("CALLAGENT_LOG_LEVEL", "must be debug, info, warning or error")
+    for name, url in (("CALLAGENT_PUBLIC_URL", s.public_url), ("CALLAGENT_TWILIO_END_URL", s.twilio_end_url)):
+        if url and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
+            fail(name, f"{url!r} is not an http(s) URL without query")
+    if s.twilio_segment not in ("none", "clause"):
+        fail("CALLAGENT_TWILIO_SEGMENT", "must be 'none' or 'clause'")
+    for name in ("twilio_transfer_stages", "twilio_hangup_stages"):
+        if not re.fullmatch(r"([0-9A-Za-z]{1,16}(,[0-9A-Za-z]{1,16})*)?", getattr(s, name).replace(" ", "")):
+            fail(f"CALLAGENT_{name.upper()}", "must be a comma-separated list of stage codes")
     for name in ("max_text_chars", "max_body_bytes", "ws_send_queue", "transcript_ttl"):
         if getattr(s, name) < 1:
             fail(f"CALLAGENT_{name.upper()}", "must be >= 1")

@@ -24,7 +24,7 @@ from ..stages import StageTable
 from ..store import create_store
 from ..turns import TurnEngine
 from ..upstream.base import Upstream
-from . import http, openapi, ws
+from . import conversation_relay, http, openapi, twilio, ws
 from .keys import COMMANDS, ENGINE, METRICS, SETTINGS, SOCKETS, STAGES, STORE, UPSTREAM
 from .middlewares import add_request_id, api_key_auth, json_errors, request_context
 
@@ -33,7 +33,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     middlewares: list[Middleware] = [request_context, json_errors]
     if settings.api_keys:
-        middlewares.append(api_key_auth(tuple(k.value for k in settings.api_keys)))
+        # A Twilio signature, when checked, authenticates the Twilio routes instead of a key.
+        signed = twilio.PATHS if settings.twilio_auth_token else frozenset()
+        middlewares.append(api_key_auth(tuple(k.value for k in settings.api_keys), open_paths=signed))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.on_response_prepare.append(add_request_id)
     app.router.add_routes(http.routes)
     app.router.add_get("/ws", ws.websocket)
+    app.router.add_routes(twilio.routes)
+    app.router.add_get(twilio.RELAY_PATH, conversation_relay.websocket)
     app.router.add_get("/openapi.json", openapi.serve)
     return app
 

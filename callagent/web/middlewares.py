@@ -17,6 +17,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger(component="callagent.web")
 
 OPEN_PATHS = frozenset({"/healthz"})
+# Clients that cannot set a header (a WebSocket in a browser, a voice platform calling a URL)
+# may give the key as `?token=` on these.
+QUERY_TOKEN_PATHS = frozenset({"/ws", "/conversation-relay", "/twilio/voice", "/twilio/handoff"})
 
 
 def error_response(error: CallagentError) -> web.Response:
@@ -70,9 +73,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(CallagentError("internal error"))
 
 
-def api_key_auth(keys: tuple[str, ...]) -> Middleware:
-    """``Authorization: Bearer <key>`` (WebSocket: or ``?token=``) on every route but /healthz."""
+def api_key_auth(keys: tuple[str, ...], open_paths: frozenset[str] = frozenset()) -> Middleware:
+    """``Authorization: Bearer <key>`` (or ``?token=`` where a client cannot set headers) on
+    every route but /healthz and ``open_paths``."""
     encoded = [k.encode() for k in keys]
+    unchecked = OPEN_PATHS | open_paths
 
     def allowed(candidate: str) -> bool:
         given = candidate.encode()
@@ -81,11 +86,11 @@ def api_key_auth(keys: tuple[str, ...]) -> Middleware:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
+        if request.path in unchecked:
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            token = request.query.get("token", "") if request.path == "/ws" else ""
+            token = request.query.get("token", "") if request.path in QUERY_TOKEN_PATHS else ""
         if not token or not allowed(token.strip()):
             raise Unauthorized("missing or invalid API key")
         return await handler(request)

@@ -1,8 +1,8 @@
 """``GET /ws``: the telephony gateway's socket. One call per socket, or many multiplexed.
 
 Only the handler task reads the socket. Everything sent goes through one bounded outbox
-drained by one writer task; a gateway that stops reading fills the outbox and is
-disconnected (logged) instead of growing our memory. Each turn started on the socket gets a
+drained by one writer task (``outbox.Outbox``); a gateway that stops reading fills the outbox
+and is disconnected (logged) instead of growing our memory. Each turn started on the socket gets a
 small pump task that turns its events into messages; the socket owns those tasks and
 cancels them, and their turns, when it closes.
 """
@@ -13,8 +13,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-import structlog
 from aiohttp import WSMsgType, web
 
 from ..errors import CallagentError, InvalidRequest
@@ -22,8 +20,7 @@ from ..events import ws_error, ws_message
 from ..turns import Turn, TurnRequest
 from . import validation as v
 from .keys import COMMANDS, METRICS, SETTINGS, SOCKETS
-
-log = structlog.get_logger(component="callagent.ws")
+from .outbox import Outbox
 
 MAX_FRAME_BYTES = 1024 * 1024  # larger frames close the socket (1009); smaller oversize ones get an error
 
@@ -52,7 +49,7 @@ class GatewaySocket:
         self.commands = app[COMMANDS]
         self.session_id: str | None = None
         self.segments: dict[str, Any] = {}
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.settings.ws_send_queue)
+        self.outbox = Outbox(request, ws, self.settings.ws_send_queue)
         self.seq = 0
         self.pumps: dict[str, asyncio.Task[None]] = {}  # turn id -> pump
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
@@ -68,7 +65,7 @@ class GatewaySocket:
     # -- reading ---------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        writer = asyncio.create_task(self.write_loop(), name="ws-writer")
+        writer = asyncio.create_task(self.outbox.run(), name="ws-writer")
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
@@ -188,23 +185,7 @@ class GatewaySocket:
     def send(self, msg: dict[str, Any]) -> None:
         self.seq += 1
         msg["seq"] = self.seq
-        try:
-            self.outbox.put_nowait(msg)
-        except asyncio.QueueFull:
-            if not self.ws.closed:
-                log.warning("ws_slow_consumer", queued=self.outbox.qsize(), reason="gateway is not reading")
-                if self.request.transport is not None:
-                    self.request.transport.abort()
+        self.outbox.put(msg)
 
     def send_error(self, error: CallagentError, reply_to: str | None = None) -> None:
         self.send(ws_error(error, reply_to))
-
-    async def write_loop(self) -> None:
-        while True:
-            msg = await self.outbox.get()
-            if self.ws.closed:
-                continue
-            try:
-                await self.ws.send_str(orjson.dumps(msg).decode())
-            except ConnectionResetError:
-                return
