@@ -32,7 +32,7 @@ test: install redis-server
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python -m scripts.bench
 
 lint: install
 	$(BIN)/ruff check callagent scripts tests

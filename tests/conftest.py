@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from callagent.settings import Settings
 from callagent.web.app import create_app
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import fastgpt_emulator
+from scripts.emulators import fastgpt as fastgpt_emulator
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 

@@ -14,11 +14,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
+from scripts.emulators import fastgpt as fe
 
-import fastgpt_emulator as fe  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 KEY = {"Authorization": "Bearer fastgpt-test"}
 COMPLETIONS = "/api/v1/chat/completions"
@@ -629,8 +627,10 @@ async def test_cli_serves_and_detects_disconnects(http: aiohttp.ClientSession) -
     args = ["--port", str(port), "--reply", "<state>0000</state>再见", "--fault", "stall", "--chunk-chars", "2"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(SCRIPTS / "fastgpt_emulator.py"),
+        "-m",
+        "scripts.emulators.fastgpt",
         *args,
+        cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )

@@ -115,7 +115,7 @@ async def test_bad_upstream_key_is_upstream_auth(make_client: Any, fastgpt_setti
 
 
 async def test_a_terminal_stage_already_sent_is_kept(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
-    import fastgpt_emulator as fe
+    from scripts.emulators import fastgpt as fe
 
     emulator.brain = fe.ScriptedBrain(["<state>0003</state>有人受伤，马上为您转接人工，请保持电话畅通。"])
     emulator.set_fault("error_mid")
@@ -150,7 +150,7 @@ async def test_custom_fallback_stage_and_text(make_client: Any, fastgpt_settings
 
 
 async def test_whole_turn_deadline(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
-    import fastgpt_emulator as fe
+    from scripts.emulators import fastgpt as fe
 
     emulator.brain = fe.ScriptedBrain(["<state>1002</state>" + "慢" * 200])
     emulator.chunk_delay = 0.05

@@ -1,0 +1,45 @@
+"""A FastGPT OpenAPI emulator: a real aiohttp server that answers like a FastGPT app.
+
+callagent's tests, benchmarks and demos point their FastGPT base URL at this server. It speaks
+the chat OpenAPI as FastGPT builds do, ugly parts included: named SSE events with single-line
+JSON, empty-content heartbeats, ``workflowDuration`` before the stop chunk and ``[DONE]``,
+``flowResponses`` after ``[DONE]`` (v1) or ``flowNodeResponse`` per node (v2), ``event: error``
+frames behind HTTP 200, envelopes with HTTP 200 and a failing ``code``, array contents, and the
+chat record/history CRUD endpoints under both the legacy and the newer path families.
+
+The package follows the server's sections:
+
+- ``brains``: who writes the replies (``ScriptedBrain``, ``LocalBrain``);
+- ``faults``: the fault modes that turn the next completions calls into a misbehaving upstream;
+- ``state``: the ``Emulator`` (settings, requests seen, stored chats, stream logs);
+- ``wire``: SSE frames, chunks, envelopes and error bodies;
+- ``completions``: one ``Run`` per completions call, and the stop API;
+- ``records``: the chat history and record endpoints;
+- ``control``: ``/__emulator/...`` for out-of-process users;
+- ``app``: ``create_emulator_app`` and the routes; ``__main__``: the command line.
+
+Everything a test wants to assert sits on the app under ``EMULATOR``. The handler is cancelled
+when the client leaves, so the server must run with ``handler_cancellation=True``, as aiohttp's
+test server does.
+
+Usage: ``python -m scripts.emulators.fastgpt --port 3000 [--reply TEXT ...] [--fault MODE]``.
+"""
+
+from .app import create_emulator_app
+from .brains import DEFAULT_REPLY, Brain, LocalBrain, ScriptedBrain
+from .faults import FAULT_MODES
+from .state import EMULATOR, Chat, Emulator, RecordedRequest, StreamLog
+
+__all__ = [
+    "DEFAULT_REPLY",
+    "EMULATOR",
+    "FAULT_MODES",
+    "Brain",
+    "Chat",
+    "Emulator",
+    "LocalBrain",
+    "RecordedRequest",
+    "ScriptedBrain",
+    "StreamLog",
+    "create_emulator_app",
+]
