@@ -44,7 +44,7 @@ class Settings:
     fastgpt_api_key: Secret = Secret("")  # noqa: RUF009 (immutable str subclass)
     fastgpt_app_id: str = ""
     # FastGPT CRUD path family: "legacy" (/api/core/chat/...) or "v2" (/history/, /record/).
-    fastgpt_paths: str = "legacy"
+    fastgpt_paths: str = "auto"
     store: str = "sqlite:///var/callagent.db"
     api_keys: tuple[Secret, ...] = ()
     connect_timeout: float = 3.0
@@ -178,8 +178,8 @@ def _validate(s: Settings) -> None:
             fail(", ".join(missing), "required when CALLAGENT_UPSTREAM=fastgpt")
         if not re.match(r"^https?://[^/\s]+", s.fastgpt_base_url):
             fail("FASTGPT_BASE_URL", f"{s.fastgpt_base_url!r} is not an http(s) URL")
-    if s.fastgpt_paths not in ("legacy", "v2"):
-        fail("FASTGPT_PATHS", "must be 'legacy' or 'v2'")
+    if s.fastgpt_paths not in ("auto", "legacy", "v2"):
+        fail("FASTGPT_PATHS", "must be 'auto', 'legacy' or 'v2'")
     if not _STORE_RE.match(s.store):
         fail("CALLAGENT_STORE", f"{s.store!r}: use sqlite:///path.db, redis://host:port/db or memory://")
     for name in (
