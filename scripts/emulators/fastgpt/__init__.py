@@ -27,14 +27,18 @@ Usage: ``python -m scripts.emulators.fastgpt --port 3000 [--reply TEXT ...] [--f
 
 from .app import create_emulator_app
 from .brains import DEFAULT_REPLY, Brain, LocalBrain, ScriptedBrain
+from .builds import BUILDS, DEFAULT_BUILD, Build
 from .faults import FAULT_MODES
 from .state import EMULATOR, Chat, Emulator, RecordedRequest, StreamLog
 
 __all__ = [
+    "BUILDS",
+    "DEFAULT_BUILD",
     "DEFAULT_REPLY",
     "EMULATOR",
     "FAULT_MODES",
     "Brain",
+    "Build",
     "Chat",
     "Emulator",
     "LocalBrain",

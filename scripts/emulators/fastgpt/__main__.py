@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .app import create_emulator_app
 from .brains import DEFAULT_REPLY, Brain, LocalBrain, ScriptedBrain
+from .builds import BUILDS, DEFAULT_BUILD
 from .faults import FAULT_MODES
 
 
@@ -25,7 +26,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk-delay", type=float, default=0.0)
     parser.add_argument("--first-chunk-delay", type=float, default=0.0)
     parser.add_argument("--heartbeat", type=float, default=10.0, help="heartbeat interval in seconds")
-    parser.add_argument("--version", choices=("v1", "v2"), default="v1")
+    parser.add_argument("--build", choices=sorted(BUILDS), default=DEFAULT_BUILD, help="the FastGPT release to be")
     parser.add_argument("--fault", choices=sorted(FAULT_MODES))
     parser.add_argument("--access-log", action="store_true", help="log every request (slows benchmarks)")
     return parser.parse_args(argv)
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         chunk_delay=args.chunk_delay,
         first_chunk_delay=args.first_chunk_delay,
         heartbeat_interval=args.heartbeat,
-        version=args.version,
+        build=args.build,
         fault=args.fault,
     )
     access_log = None

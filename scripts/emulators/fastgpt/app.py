@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
 
 from .brains import DEFAULT_REPLY, Brain, ScriptedBrain
+from .builds import DEFAULT_BUILD
 from .completions import completions, stop_chat
 from .control import (
+    control_build,
     control_chats,
     control_clear_requests,
     control_fault,
@@ -39,7 +42,7 @@ def create_emulator_app(
     chunk_delay: float = 0.0,
     first_chunk_delay: float = 0.0,
     heartbeat_interval: float = 10.0,
-    version: str = "v1",
+    build: str = DEFAULT_BUILD,
     fault: str | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_record_request], client_max_size=16 * 1024 * 1024)
@@ -51,10 +54,11 @@ def create_emulator_app(
         chunk_delay=chunk_delay,
         first_chunk_delay=first_chunk_delay,
         heartbeat_interval=heartbeat_interval,
-        version=version,
+        build=build,
         fault=fault,
     )
     _add_routes(app.router)
+    app.on_cleanup.append(_stop_finishing_runs)
     return app
 
 
@@ -76,15 +80,17 @@ def _add_routes(router: web.UrlDispatcher) -> None:
         router.add_post(path, get_pagination_records)
     for path in (f"{chat}/getResData", f"{chat}/record/getResData"):
         router.add_get(path, get_res_data)
-    router.add_delete(f"{chat}/item/delete", delete_records)
-    router.add_delete(f"{chat}/record/delete", delete_records)
-    router.add_post(f"{chat}/record/delete", delete_records)
+    # FastGPT's delete handlers do not check the HTTP method.
+    router.add_route("*", f"{chat}/item/delete", delete_records)
+    router.add_route("*", f"{chat}/record/delete", delete_records)
     router.add_get("/__emulator/requests", control_requests)
     router.add_delete("/__emulator/requests", control_clear_requests)
     router.add_get("/__emulator/chats", control_chats)
     router.add_get("/__emulator/streams", control_streams)
     router.add_post("/__emulator/fault", control_fault)
     router.add_post("/__emulator/reset", control_reset)
+    router.add_get("/__emulator/build", control_build)
+    router.add_post("/__emulator/build", control_build)
 
 
 @web.middleware
@@ -97,6 +103,7 @@ async def _record_request(
     except orjson.JSONDecodeError:
         body = None
     request[REQUEST_BODY] = body
+    emu = request.app[EMULATOR]
     if not request.path.startswith("/__emulator/"):
         request.app[EMULATOR].requests.append(
             RecordedRequest(
@@ -108,7 +115,20 @@ async def _record_request(
                 _peer(request),
             )
         )
+    if not emu.build.has_path(request.path):
+        # What FastGPT's web framework answers for an API this release does not have.
+        return web.Response(
+            status=404, text="<!DOCTYPE html><title>404: This page could not be found</title>", content_type="text/html"
+        )
     return await handler(request)
+
+
+async def _stop_finishing_runs(app: web.Application) -> None:
+    tasks = list(app[EMULATOR].tasks)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
 
 
 def _peer(request: web.Request) -> str:

@@ -19,11 +19,12 @@ from .faults import (
     BIG_TEXT,
     CUT_SHORT,
     ERROR_FAULTS,
-    INTERACTIVE,
+    INTERACTIVE_FAULTS,
     MALFORMED_FRAMES,
     REASONING_TEXT,
     SILENT_FAULTS,
     UNKNOWN_PAYLOADS,
+    WRAPPERS,
 )
 from .records import guard, request_json
 from .state import EMULATOR, REQUEST_BODY, Emulator, StreamLog, authorized, new_id, now_iso, text_value
@@ -37,6 +38,7 @@ from .wire import (
     error_body,
     error_frame,
     generic_error,
+    json_response,
     known_error,
     reasoning_json,
     sse_frame,
@@ -108,6 +110,22 @@ async def with_big_text(source: AsyncIterator[str | dict[str, Any]]) -> AsyncIte
     yield BIG_TEXT
 
 
+async def _nothing() -> AsyncIterator[str | dict[str, Any]]:
+    return
+    yield  # an async generator with no items
+
+
+def _accepts(node: dict[str, Any], text: str) -> bool:
+    """Whether ``text`` answers the (unwrapped) interactive node so that a branch runs."""
+    for _ in range(16):
+        if node.get("type") not in WRAPPERS:
+            break
+        node = node.get("params", {}).get("childrenResponse") or {}
+    if node.get("type") == "userSelect":
+        return text in [o.get("value") for o in node.get("params", {}).get("userSelectOptions", [])]
+    return True
+
+
 def message_text(message: Any) -> str:
     content = message.get("content") if isinstance(message, dict) else None
     if isinstance(content, str):
@@ -147,7 +165,8 @@ class Run:
         self.is_stream = bool(body.get("stream"))
         self.detail = bool(body.get("detail"))
         self.chat_id = str(body.get("chatId") or "")
-        self.version = emu.version
+        self.build = emu.build
+        self.v2 = request.path.startswith("/api/v2/")
         self.fault = emu.take_fault()
         self.loop = asyncio.get_running_loop()
         self.log = StreamLog(self.chat_id, self.is_stream, self.detail, self.fault, self.loop.time())
@@ -156,7 +175,12 @@ class Run:
         self.feed: BrainFeed | None = None
         self.running = False  # the workflow has started: a client leaving now still saves the turn
         self.persisted = False
+        self.finalized = False  # saved, or failed for good: the chat is no longer generating
+        self.finishing_later = False  # the client left; the workflow returns (and saves) later
         self.stopped = False
+        self.stop_requested = asyncio.Event()
+        self.resume: dict[str, Any] | None = None  # the interactive node this run answers
+        self.asks = INTERACTIVE_FAULTS.get(self.fault or "")  # the node this run pauses at
         self.reply_parts: list[str] = []
         self.text = ""
         self.variables: dict[str, Any] = {}
@@ -168,6 +192,14 @@ class Run:
         emu, fault = self.emu, self.fault
         if not authorized(self.request, emu):
             return self._refuse(error_body(514, "unAuthApiKey", "Api Key 不合法"), known=True)
+        if self.build.validates_bodies and (problem := self._invalid()) is not None:
+            self.log.outcome = "refused"
+            return json_response(error_body(400, "invalidParams", problem), 400)
+        if fault == "rate_limited":
+            self.log.outcome = "refused"
+            return json_response(error_body(429, "tooManyRequest", "请求过于频繁，请稍后再试"), 429)
+        if self.build.chat_is_generating and self.chat_id and emu.generating(self.chat_id):
+            return self._refuse(error_body(504001, "chatIsGenerating", "对话正在生成中"), known=True)
         messages = self.body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._refuse({"message": "messages is empty"}, known=False)
@@ -184,25 +216,65 @@ class Run:
         return await self._json()
 
     def client_left(self) -> None:
-        if self.log.outcome == "running":
-            self.log.outcome = "disconnected"
-            self.log.disconnected_at = self.loop.time()
+        if self.log.outcome != "running":
+            return
+        self.log.outcome = "disconnected"
+        self.log.disconnected_at = self.loop.time()
+        if self.finalized or not self.running:
+            return
+        if (self.build.v1_stops_on_disconnect and not self.v2) or self.emu.finish_delay <= 0:
+            self._persist()
+            return
+        # Up to 4.14.x (and v2 on 4.15) the workflow goes on without its client: the LLM stops
+        # at its next chunk, but a slow node must finish before the run returns and is saved.
+        self.finishing_later = True
+        task = asyncio.get_running_loop().create_task(self._finish_later(), name=f"run-{self.ai_id}")
+        self.emu.tasks.add(task)
+        task.add_done_callback(self.emu.tasks.discard)
+
+    async def _finish_later(self) -> None:
+        try:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), self.emu.finish_delay)
+        finally:
             self._persist()
 
     def end(self) -> None:
-        if self.running:
-            runs = self.emu._runs.get((self.emu.app_id, self.chat_id))
-            if runs is not None:
-                runs.discard(self)
-                if not runs:
-                    del self.emu._runs[(self.emu.app_id, self.chat_id)]
+        if not self.finishing_later:
+            self._finalize()
         self.log.closed.set()
 
     def stop(self) -> None:
         """``/api/v2/chat/stop``: end the run early; the stream still ends normally."""
         self.stopped = True
+        self.stop_requested.set()
         if self.feed is not None:
             self.feed.interrupt()
+
+    def _finalize(self) -> None:
+        if self.finalized:
+            return
+        self.finalized = True
+        key = (self.emu.app_id, self.chat_id)
+        runs = self.emu._runs.get(key)
+        if runs is not None:
+            runs.discard(self)
+            if not runs:
+                del self.emu._runs[key]
+
+    def _invalid(self) -> str | None:
+        """What a release validating request bodies (4.14.11+) rejects with HTTP 400."""
+        body = self.request[REQUEST_BODY]
+        if not isinstance(body, dict):
+            return "the body must be a JSON object"
+        for key, kind in (("chatId", str), ("responseChatItemId", str), ("appId", str), ("stream", bool)):
+            if body.get(key) is not None and not isinstance(body[key], kind):
+                return f"{key} must be a {kind.__name__}"
+        if "variables" in body and not isinstance(body["variables"], dict | None):
+            return "variables must be an object"
+        if "messages" in body and not isinstance(body["messages"], list):
+            return "messages must be an array"
+        return None
 
     def _finished(self) -> None:
         self.log.outcome = "completed"
@@ -212,18 +284,35 @@ class Run:
         emu, body = self.emu, self.body
         self.text = message_text(last_message)
         data_id = last_message.get("dataId") if isinstance(last_message, dict) else None
-        self.human_id = str(data_id or new_id())
         self.ai_id = str(body.get("responseChatItemId") or new_id())
+        # 4.15 forces the Human record's dataId to the round's responseChatItemId.
+        self.human_id = self.ai_id if self.build.human_id_is_response_id else str(data_id or new_id())
         chat = emu.chat(self.chat_id) if self.chat_id else None
-        request_variables = body.get("variables")
-        self.variables = {
-            **(chat.variables if chat else {}),
-            **(request_variables if isinstance(request_variables, dict) else {}),
-        }
-        source = emu.brain.reply(self.chat_id, self.text, dict(self.variables))
+        self.resume = chat.awaiting if chat else None  # only once the paused run was saved
+        self.variables = {**(chat.variables if chat else {}), **self._request_variables()}
+        if self.resume is not None and not _accepts(self.resume, self.text):
+            # An answer matching no option skips every branch: the run ends with no text.
+            source: AsyncIterator[str | dict[str, Any]] = _nothing()
+        else:
+            source = emu.brain.reply(self.chat_id, self.text, dict(self.variables))
         self.feed = BrainFeed(with_big_text(source) if self.fault == "big" else source)
         self.running = True
         emu._runs.setdefault((emu.app_id, self.chat_id), set()).add(self)
+
+    def _request_variables(self) -> dict[str, Any]:
+        given = self.body.get("variables")
+        variables = dict(given) if isinstance(given, dict) else {}
+        declared = self.emu.declared_variables
+        if not self.build.declared_variables or declared is None:
+            return variables
+        # 4.11.1+: only declared variables, matched by label first, then key, kept by key.
+        by_label = {label: key for key, label in declared.items()}
+        kept: dict[str, Any] = {}
+        for name, value in variables.items():
+            key = by_label.get(name) or (name if name in declared else None)
+            if key is not None:
+                kept[key] = value
+        return kept
 
     # -- failures before any output
 
@@ -258,39 +347,52 @@ class Run:
         try:
             if fault in ("no_first_token", "heartbeats_only"):
                 await self._say_nothing(writer)
-            if self.version == "v2":
+            if self.build.agent_events:
+                writer.event("chatTitle", orjson.dumps({"title": self.text[:20]}))
+            if self.v2:
                 writer.event("flowNodeResponse", orjson.dumps(self._node_responses()[0]))
             writer.event("flowNodeStatus", orjson.dumps({"status": "running", "name": "AI 对话"}))
             cut_short = await self._stream_reply(writer)
         except BrainFailed as e:
-            writer.event("error", orjson.dumps({"message": e.args[0]}))
-            await writer.flush()
-            await response.write_eof()
-            self.log.outcome = "error"
-            return response
+            return await self._fail(writer, {"message": e.args[0]})
         finally:
             await feed.close()
         if cut_short or fault in CUT_SHORT:
             return await self._cut_short(writer)
-        if fault == "interactive":
-            writer.event("interactive", orjson.dumps({"interactive": INTERACTIVE}))
+        if fault == "payment_pause" and not self.build.payment_pause:
+            return await self._fail(writer, error_body(500000, "aiPointsNotEnough", "AI 积分不足"))
+        if self.asks is not None:
+            writer.event("interactive", orjson.dumps({"interactive": self.asks}))
         nodes = self._node_responses()
-        if self.version == "v2":
+        if self.v2:
             writer.event("flowNodeResponse", orjson.dumps(nodes[1]))
-        duration = round(self.loop.time() - self.log.started, 2)
-        writer.event("workflowDuration", orjson.dumps({"durationSeconds": duration}))
+        if self.build.workflow_duration:
+            duration = round(self.loop.time() - self.log.started, 2)
+            writer.event("workflowDuration", orjson.dumps({"durationSeconds": duration}))
         await writer.flush()
         if self.emu.save_delay > 0:
             await asyncio.sleep(self.emu.save_delay)
         self._persist()  # FastGPT saves the chat between workflowDuration and the stop chunk
-        writer.event("answer", stop_json(self.version))
+        writer.event("answer", stop_json(self.build.stop_delta_null))
+        flow_responses = not self.v2
+        if flow_responses and self.build.flow_responses_before_done:
+            writer.event("flowResponses", orjson.dumps(nodes))
         writer.event("answer", b"[DONE]")
-        if self.version == "v1":
+        if flow_responses and not self.build.flow_responses_before_done:
             writer.event("flowResponses", orjson.dumps(nodes))
         await writer.flush()
         await response.write_eof()
         self._finished()
         return response
+
+    async def _fail(self, writer: SseWriter, error: dict[str, Any]) -> web.StreamResponse:
+        """A fatal error mid-run: an ``error`` frame, then the end of the body without ``[DONE]``."""
+        assert self.response is not None
+        writer.event("error", orjson.dumps(error))
+        await writer.flush()
+        await self.response.write_eof()
+        self.log.outcome = "error"
+        return self.response
 
     async def _say_nothing(self, writer: SseWriter) -> None:
         """``no_first_token`` / ``heartbeats_only``: until the client leaves (never returns)."""
@@ -413,8 +515,8 @@ class Run:
             content = [text_value(reply[:half]), {"text": {"content": reply[half:]}}]
         elif self.fault == "reasoning":
             content = [{"type": "reasoning", "reasoning": {"content": REASONING_TEXT}}, text_value(reply)]
-        elif self.fault == "interactive":
-            content = [text_value(reply), {"type": "interactive", "interactive": INTERACTIVE}]
+        elif self.asks is not None:
+            content = [text_value(reply), {"type": "interactive", "interactive": self.asks}]
         message: dict[str, Any] = {"role": "assistant", "content": content}
         out: dict[str, Any] = {
             "id": self.chat_id,
@@ -449,22 +551,24 @@ class Run:
     def _persist(self) -> None:
         """Save the turn as FastGPT does when a run ends (also when the client left mid-run)."""
         if not self.running or self.persisted or not self.chat_id or self.fault in ERROR_FAULTS:
+            self._finalize()
             return
         self.persisted = True
+        self._finalize()
         chat = self.emu._stored_chat(self.chat_id)
         now = now_iso()
         reply = "".join(self.reply_parts)
         chat.variables = dict(self.variables)
-        if chat.awaiting_interactive and chat.records and chat.records[-1]["obj"] == "AI":
+        if self.resume is not None and chat.records and chat.records[-1]["obj"] == "AI":
             # Answering an interactive node resumes the run: no new pair, the last AI record grows.
             chat.records[-1]["value"].append(text_value(reply))
         else:
             chat.records.append(self._record(self.human_id, "Human", [text_value(self.text)], now))
             values = [text_value(reply)]
-            if self.fault == "interactive":
-                values.append({"type": "interactive", "interactive": INTERACTIVE})
+            if self.asks is not None:
+                values.append({"type": "interactive", "interactive": self.asks})
             chat.records.append(self._record(self.ai_id, "AI", values, now))
-        chat.awaiting_interactive = self.fault == "interactive"
+        chat.awaiting = self.asks
         chat.node_responses[self.ai_id] = self._node_responses()
         chat.update_time = now
         chat.title = chat.title or self.text[:20] or "新对话"

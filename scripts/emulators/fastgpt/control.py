@@ -50,3 +50,14 @@ async def control_reset(request: web.Request) -> web.Response:
     emu.reset()
     emu.set_fault(None)
     return json_response({"ok": True})
+
+
+async def control_build(request: web.Request) -> web.Response:
+    """``GET``: the FastGPT release being emulated; ``POST {"build": "4.14.5"}``: become another."""
+    emu = request.app[EMULATOR]
+    if request.method == "POST":
+        try:
+            emu.set_build(str(request_json(request).get("build")))
+        except ValueError as e:
+            return json_response({"ok": False, "error": str(e)}, 400)
+    return json_response({"ok": True, "build": emu.build.name})

@@ -26,6 +26,11 @@ FAULT_MODES: Final = frozenset(
         "slow_headers",  # Emulator.slow_headers_delay (10 s) before the response starts
         "abort",  # the TCP connection is aborted mid-stream
         "interactive",  # a userSelect `interactive` node ends the run; the next turn resumes it
+        "interactive_form",  # a userInput (form) node ends the run; the answer is a JSON object
+        "interactive_nested",  # the userSelect node wrapped in childrenInteractive > loopInteractive
+        "interactive_unknown",  # an interactive node of a type nobody knows, nothing to ask
+        "payment_pause",  # out of AI points mid-run: `paymentPause` (4.14.1+), an error frame before
+        "rate_limited",  # HTTP 429 JSON: the team's rate limit
     }
 )
 CUT_SHORT: Final = frozenset({"error_mid", "eof", "stall", "abort"})
@@ -47,6 +52,45 @@ INTERACTIVE: Final = {
             {"key": "option2", "value": "多车事故"},
         ],
     },
+}
+FORM: Final = {
+    "type": "userInput",
+    "entryNodeIds": ["formInput"],
+    "memoryEdges": [],
+    "nodeOutputs": [],
+    "params": {
+        "description": "请补充事故信息。",
+        "inputForm": [
+            {"type": "input", "key": "plate", "label": "车牌号", "required": True, "list": []},
+            {"type": "numberInput", "key": "cars", "label": "车辆数", "required": True, "list": []},
+            {
+                "type": "select",
+                "key": "injured",
+                "label": "是否有人受伤",
+                "required": True,
+                "list": [{"label": "有", "value": "有人受伤"}, {"label": "无", "value": "无人受伤"}],
+            },
+        ],
+    },
+}
+NESTED: Final = {
+    "type": "childrenInteractive",
+    "params": {
+        "childrenResponse": {
+            "type": "loopInteractive",
+            "params": {"loopResult": [], "childrenResponse": INTERACTIVE, "currentIndex": 0},
+        }
+    },
+}
+UNKNOWN_NODE: Final = {"type": "quantumInteractive", "entryNodeIds": ["q"], "params": {}}
+PAYMENT_PAUSE: Final = {"type": "paymentPause", "params": {"description": "chat:balance_not_enough_pause"}}
+WRAPPERS: Final = frozenset({"childrenInteractive", "toolChildrenInteractive", "loopInteractive", "loopRunInteractive"})
+INTERACTIVE_FAULTS: Final = {
+    "interactive": INTERACTIVE,
+    "interactive_form": FORM,
+    "interactive_nested": NESTED,
+    "interactive_unknown": UNKNOWN_NODE,
+    "payment_pause": PAYMENT_PAUSE,
 }
 
 

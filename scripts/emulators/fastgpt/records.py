@@ -5,6 +5,7 @@ They need the app's key and an explicit ``appId``, and answer in FastGPT's envel
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -136,17 +137,32 @@ async def get_res_data(request: web.Request) -> web.Response:
 
 
 async def delete_records(request: web.Request) -> web.Response:
-    """``contentId`` from the query, or ``contentId`` / ``contentIds`` from a JSON body."""
-    emu, query, body = request.app[EMULATOR], request.query, request_json(request)
-    if (refused := guard(request, emu, query.get("appId") or body.get("appId"))) is not None:
-        return refused
-    ids: set[str] = set()
-    for source in (query, body):
-        if source.get("contentId"):
-            ids.add(str(source["contentId"]))
-    if isinstance(body.get("contentIds"), list):
+    """``item/delete`` and ``record/delete``: where the ids are read from depends on the release.
+
+    Up to 4.13 ``item/delete`` reads the query; 4.14.0-4.14.10 the JSON body only (a query-only
+    call fails); from 4.14.11 it is gone and ``record/delete`` reads the query, and on 4.15 the
+    query or the body (``contentId`` or ``contentIds``).
+    """
+    emu, build = request.app[EMULATOR], request.app[EMULATOR].build
+    reads = build.item_delete if request.path.endswith("/item/delete") else build.record_delete
+    sources: list[Mapping[str, Any]] = []
+    if reads in ("query", "any"):
+        sources.append(request.query)
+    if reads in ("body", "any"):
+        sources.append(request_json(request))
+    if not authorized(request, emu):
+        return known_error(emu, 514, "unAuthApiKey", "Api Key 不合法")
+    ids = {str(s["contentId"]) for s in sources if s.get("contentId")}
+    body = request_json(request)
+    if reads == "any" and isinstance(body.get("contentIds"), list):
         ids.update(str(i) for i in body["contentIds"])
-    chat = emu.chat(str(query.get("chatId") or body.get("chatId") or ""))
-    if chat is not None and ids:
+    chat_id = next((str(s["chatId"]) for s in sources if s.get("chatId")), "")
+    if not ids or not chat_id:
+        return known_error(emu, 500, "", "contentId or chatId is empty")
+    app_id = next((s["appId"] for s in sources if s.get("appId")), None)
+    if (refused := guard(request, emu, app_id)) is not None:
+        return refused
+    chat = emu.chat(chat_id)
+    if chat is not None:
         chat.records = [r for r in chat.records if r["dataId"] not in ids]
     return envelope()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from .brains import Brain
+from .builds import build_named
 from .faults import check_fault
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class Chat:
     top: bool = False
     update_time: str = ""
     node_responses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by AI dataId
-    awaiting_interactive: bool = False
+    awaiting: dict[str, Any] | None = None  # the interactive node the last run paused at
 
 
 @dataclass(slots=True)
@@ -78,14 +79,13 @@ class Emulator:
         chunk_delay: float,
         first_chunk_delay: float,
         heartbeat_interval: float,
-        version: str,
+        build: str,
         fault: str | None,
     ) -> None:
         if chunk_chars < 1:
             raise ValueError("chunk_chars must be >= 1")
-        if version not in ("v1", "v2"):
-            raise ValueError("version must be 'v1' or 'v2'")
         check_fault(fault)
+        self.build = build_named(build)
         self.brain = brain
         self.api_key = api_key
         self.app_id = app_id
@@ -93,11 +93,17 @@ class Emulator:
         self.chunk_delay = chunk_delay
         self.first_chunk_delay = first_chunk_delay
         self.heartbeat_interval = heartbeat_interval
-        self.version = version
         self.fault = fault
         self.slow_headers_delay = 10.0
         self.fault_after_chunks = 3  # answer chunks sent before a cut-short fault strikes
         self.save_delay = 0.0  # seconds between workflowDuration and the stop chunk (saving the chat)
+        # Seconds a run goes on after its client left before the workflow returns and the chat is
+        # saved (a slow node finishing), on the releases where leaving does not stop it.
+        self.finish_delay = 0.05
+        # The app's declared global variables, key -> label (None: every variable is declared).
+        # From 4.11 only declared ones reach the workflow; the others are dropped, not stored.
+        self.declared_variables: dict[str, str] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()  # runs finishing after their client left
         self.requests: list[RecordedRequest] = []
         self.chats: dict[tuple[str, str], Chat] = {}
         self.streams: list[StreamLog] = []
@@ -118,6 +124,13 @@ class Emulator:
             self._fault_once_left -= 1
             return self._fault_once
         return self.fault
+
+    def set_build(self, name: str) -> None:
+        self.build = build_named(name)
+
+    def generating(self, chat_id: str) -> bool:
+        """A run of the chat has not been saved yet (4.14.11+ refuse a second one: 504001)."""
+        return any(not run.finalized for run in self._runs.get((self.app_id, chat_id), ()))
 
     def chat(self, chat_id: str, app_id: str | None = None) -> Chat | None:
         return self.chats.get((app_id or self.app_id, chat_id))

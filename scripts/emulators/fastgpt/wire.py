@@ -34,8 +34,8 @@ def chunk_json(text: str) -> bytes:
     return _CHUNK_HEAD + orjson.dumps(text) + _CHUNK_TAIL
 
 
-def stop_json(version: str) -> bytes:
-    delta = {} if version == "v1" else {"role": "assistant", "content": None}
+def stop_json(content_null: bool) -> bytes:
+    delta = {"role": "assistant", "content": None} if content_null else {}
     return orjson.dumps(
         {
             "id": "",
@@ -170,8 +170,10 @@ def error_body(code: int, status_text: str, message: str) -> dict[str, Any]:
 
 
 def known_error(emu: Emulator, code: int, status_text: str, message: str) -> web.Response:
-    # Older builds answer known errors with HTTP 200; newer ones always with HTTP 500.
-    return json_response(error_body(code, status_text, message), 200 if emu.version == "v1" else 500)
+    # Up to 4.8.17 known errors come with HTTP 200; then HTTP 500; from 4.14.11 a 4xx code is the status.
+    how = emu.build.error_status
+    status = 200 if how == "200" else code if how == "4xx" and 400 <= code < 500 else 500
+    return json_response(error_body(code, status_text, message), status)
 
 
 def generic_error(message: str) -> web.Response:
