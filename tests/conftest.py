@@ -18,8 +18,14 @@ MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
-def emulator_app() -> Any:
-    return fastgpt_emulator.create_emulator_app()
+def emulator_app(request: pytest.FixtureRequest) -> Any:
+    """The emulator as the FastGPT release a test names (``indirect`` parametrization), else the newest."""
+    return fastgpt_emulator.create_emulator_app(build=getattr(request, "param", fastgpt_emulator.DEFAULT_BUILD))
+
+
+BUILDS = list(fastgpt_emulator.BUILDS)
+"""Every FastGPT release the emulator can be: ``@every_build`` runs a test against each one."""
+every_build = pytest.mark.parametrize("emulator_app", BUILDS, indirect=True)
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ INTERACTIVE_KEY = "_fastgpt_interactive"
 WRAPPERS = frozenset({"childrenInteractive", "toolChildrenInteractive", "loopInteractive", "loopRunInteractive"})
 _MAX_DEPTH = 16
 _ORDINALS = ("第一", "第二", "第三", "第四", "第五", "第六", "第七", "第八", "第九", "第十")
+_NEGATIONS = ("没", "不", "无", "非")
 _SKIP_WORDS = ("没有", "跳过", "不知道", "不清楚")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -100,14 +101,16 @@ def choose_option(text: str, options: list[str]) -> str | None:
 
     An option named in the words wins, then an ordinal ("第二个"), then the one option sharing
     the longest run of at least two characters with the words ("就是单车" picks "单车事故").
+    An option the words negate ("没有人受伤" for "有人受伤") is never picked.
     """
+    negated = {o for o in options if o and any(n + o in text for n in _NEGATIONS)}
     for option in options:
-        if option and option in text:
+        if option and option in text and option not in negated:
             return option
     for index, ordinal in enumerate(_ORDINALS[: len(options)]):
         if ordinal in text:
             return options[index]
-    shared = [_longest_common_run(text, option) for option in options]
+    shared = [0 if option in negated else _longest_common_run(text, option) for option in options]
     best = max(shared, default=0)
     if best >= 2 and shared.count(best) == 1:
         return options[shared.index(best)]
