@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -37,7 +39,7 @@ def test_whole_stream() -> None:
 @given(st.lists(st.integers(0, len(STREAM)), max_size=12))
 def test_any_split_gives_the_same_events(cuts: list[int]) -> None:
     points = sorted({0, len(STREAM), *cuts})
-    blocks = [STREAM[a:b] for a, b in zip(points, points[1:], strict=False)]
+    blocks = [STREAM[a:b] for a, b in itertools.pairwise(points)]
     assert parse(blocks) == EXPECTED
 
 

@@ -7,12 +7,22 @@ JSON, empty-content heartbeats, ``workflowDuration`` before the stop chunk and `
 frames behind HTTP 200, envelopes with HTTP 200 and a failing ``code``, array contents, and the
 chat record/history CRUD endpoints under both the legacy and the newer path families.
 
+It can be any of the releases a customer may run (``builds``: ``--build 4.8.15|4.11|4.14.5|4.14.11|4.15``,
+``create_emulator_app(build=...)``, ``Emulator.set_build`` or ``POST /__emulator/build``; the
+newest by default): which paths exist, where a record delete reads its ids, error statuses,
+end events and the stop chunk, ``flowResponses`` before or after ``[DONE]``, dropped undeclared
+variables, when a run whose client left is saved, 504001 ``chatIsGenerating``, the stop API,
+interactive nodes (wrapped, forms, ``paymentPause``) and an unmatched userSelect answer that
+ends the run in silence.
+
 The package follows the server's sections:
 
+- ``builds``: the releases and what differs between them;
 - ``brains``: who writes the replies (``ScriptedBrain``, ``LocalBrain``);
 - ``faults``: the fault modes that turn the next completions calls into a misbehaving upstream;
 - ``state``: the ``Emulator`` (settings, requests seen, stored chats, stream logs);
 - ``wire``: SSE frames, chunks, envelopes and error bodies;
+- ``feed``: the brain's reply item by item, heartbeating while it is silent;
 - ``completions``: one ``Run`` per completions call, and the stop API;
 - ``records``: the chat history and record endpoints;
 - ``control``: ``/__emulator/...`` for out-of-process users;
