@@ -804,6 +804,7 @@ async def test_cli_serves_and_detects_disconnects(http: aiohttp.ClientSession) -
     port = unused_port()
     base = f"http://127.0.0.1:{port}"
     args = ["--port", str(port), "--reply", "<state>0000</state>再见", "--fault", "stall", "--chunk-chars", "2"]
+    args += ["--build", "4.14.5"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -832,6 +833,8 @@ async def test_cli_serves_and_detects_disconnects(http: aiohttp.ClientSession) -
                     break
                 await asyncio.sleep(0.01)  # polling another process, with a deadline
         assert log["outcome"] == "disconnected" and log["disconnected_at"] is not None
+        async with http.get(f"{base}/__emulator/build") as resp:
+            assert (await resp.json())["build"] == "4.14.5"
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)

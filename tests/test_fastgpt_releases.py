@@ -56,6 +56,21 @@ async def test_barge_in_then_the_next_turn_at_once(fastgpt_client: Any, emulator
         assert not refused
 
 
+@pytest.mark.parametrize("emulator_app", ["4.14.11"], indirect=True)
+async def test_a_timeout_then_the_next_turn_at_once(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
+    """A stalled run that hit the idle deadline is still running upstream: the next turn gets
+    its reply all the same (stop, then retry the 504001)."""
+    emulator.brain = fe.ScriptedBrain([LONG_REPLY, NEXT_REPLY])
+    emulator.finish_delay = 30.0
+    emulator.fault_after_chunks = 8
+    emulator.set_fault("stall", count=1)
+    client = await make_client(fastgpt_settings.with_(first_token_timeout=0.5, idle_timeout=0.3))
+    assert (await chat(client, "喂"))["error"]["type"] == "upstream_timeout"
+    answer = await chat(client, "有人受伤")
+    assert (answer["status"], answer["text"]) == ("completed", "好的，马上为您转接人工。")
+    assert [s.outcome for s in emulator.streams].count("refused") >= 1
+
+
 @every_build
 async def test_an_answer_right_after_the_question_resumes_the_run(fastgpt_client: Any, emulator: Any) -> None:
     """The next turn waits for FastGPT to finish saving the question's run (bounded), so the

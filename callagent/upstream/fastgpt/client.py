@@ -340,7 +340,7 @@ def _chunk_of(event: bytes | None, data: bytes) -> UpstreamChunk:
 
 def _is_stop_chunk(event: bytes | None, data: bytes) -> bool:
     """The answer chunk FastGPT sends once the chat is saved (the end signal before 4.9.7)."""
-    if event not in (b"answer", None) or b'"finish_reason":"stop"' not in data.replace(b" ", b""):
+    if event not in (b"answer", None) or b'"stop"' not in data:
         return False
     payload = _json(data)
     try:
