@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
+from callagent.sse import SSEParser
 from scripts.emulators import fastgpt as fe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,8 @@ def turn_body(
 
 
 def parse_frames(raw: bytes) -> list[tuple[str | None, str]]:
-    """Strict framing: optional `event:` line, exactly one `data:` line, blank line."""
+    """Strict framing: optional `event:` line, exactly one `data:` line, blank line (the exact
+    byte layout FastGPT sends, which a tolerant reader would not check)."""
     assert raw.endswith(b"\n\n"), raw[-200:]
     frames: list[tuple[str | None, str]] = []
     for block in raw.decode().split("\n\n")[:-1]:
@@ -66,20 +68,13 @@ def content_of(data: str) -> str | None:
 
 
 def spoken(raw: bytes) -> str:
-    """What a tolerant client speaks: answer/fastAnswer contents of frames that parse."""
+    """What a tolerant client speaks: answer/fastAnswer contents of the events that parse."""
+    parser = SSEParser()
     text: list[str] = []
-    event: str | None = None
-    for line in raw.decode(errors="replace").split("\n"):
-        line = line.rstrip("\r")
-        if line.startswith("event:"):
-            event = line[len("event:") :].strip()
-        elif line.startswith("data:"):
-            content = content_of(line[len("data:") :].strip())
-            if event in (None, "answer", "fastAnswer") and isinstance(content, str):
-                text.append(content)
-            event = None
-        elif not line:
-            event = None
+    for event in [*parser.feed(raw), *parser.finish()]:
+        content = content_of(event.data.decode(errors="replace"))
+        if event.event in (None, b"answer", b"fastAnswer") and isinstance(content, str):
+            text.append(content)
     return "".join(text)
 
 
