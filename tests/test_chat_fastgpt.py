@@ -220,6 +220,7 @@ async def test_interrupted_records_can_be_deleted_upstream(
 ) -> None:
     emulator.brain = fe.ScriptedBrain(["<state>1002</state>" + "请稍等，正在为您查询。" * 10])
     emulator.chunk_delay = 0.05
+    emulator.finish_delay = 0.3  # a slow node finishes before the interrupted run is saved
     client = await make_client(fastgpt_settings.with_(interrupt_records="delete"))
     resp = await client.post("/chat?stream=true", json=body(text="喂"))
     assert b"text_delta" in await resp.content.readuntil(b"\n\n") + await resp.content.readuntil(b"\n\n")
@@ -229,6 +230,10 @@ async def test_interrupted_records_can_be_deleted_upstream(
     turn_id = done[1]["turnId"]
     # FastGPT saved the partial turn when its workflow returned, after the disconnect; the
     # client waited for it (stopping the run where it can) and deleted both records.
+    async with asyncio.timeout(2):
+        while emulator.generating("a1002"):
+            await asyncio.sleep(0.01)  # polling the emulator for the run's save, with a deadline
+    assert emulator.chat("a1002") is not None
     assert not [r for r in emulator.chat("a1002").records if r["dataId"].startswith(turn_id)]
     deletes = [r for r in emulator.requests if r.path.endswith(("/item/delete", "/record/delete"))]
     assert {r.query["contentId"] for r in deletes} == {f"{turn_id}-a", f"{turn_id}-q"}
