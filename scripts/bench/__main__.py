@@ -16,7 +16,9 @@ from .run import run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark callagent against the FastGPT emulator on loopback.")
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.bench", description="Benchmark callagent against the FastGPT emulator on loopback."
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="small counts, < 1 minute")
     size.add_argument("--full", dest="mode", action="store_const", const="full", help="1000 calls, 5000 sockets")

@@ -15,7 +15,9 @@ from .faults import FAULT_MODES
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Serve a FastGPT OpenAPI emulator.")
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.emulators.fastgpt", description="Serve a FastGPT OpenAPI emulator."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--api-key", default="fastgpt-test")
