@@ -41,7 +41,7 @@ test-min: redis-server
 	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 bench: install
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python -m scripts.bench
 
 lint: install
 	$(BIN)/ruff check callagent scripts tests

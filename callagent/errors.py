@@ -18,7 +18,11 @@
         ├── UpstreamUnavailable         503 upstream_unavailable   (connect failed: nothing was sent)
         ├── UpstreamTimeout             504 upstream_timeout       (connect/first token/idle/turn deadline)
         ├── UpstreamAuth                502 upstream_auth          (key refused by the upstream)
-        └── UpstreamProtocol            502 upstream_protocol      (broken stream: EOF, bad frames)
+        ├── UpstreamProtocol            502 upstream_protocol      (broken stream: EOF, bad frames, unvoiceable node)
+        ├── UpstreamQuota               502 upstream_quota         (the upstream's account is out of credit)
+        ├── UpstreamRejected            502 upstream_rejected      (the upstream refused the request as invalid)
+        ├── UpstreamRateLimited         503 upstream_rate_limited  (the upstream asks to slow down)
+        └── UpstreamBusy                503 upstream_busy          (the conversation is still running upstream)
 
 Before a response has started, the error middleware turns any of them into
 ``{"code": "<status>", "msg": "...", "type": "..."}``. Once a stream has started they are
@@ -121,3 +125,22 @@ class UpstreamAuth(UpstreamError):
 class UpstreamProtocol(UpstreamError):
     status = 502
     type = "upstream_protocol"
+
+
+class UpstreamQuota(UpstreamError):
+    type = "upstream_quota"
+
+
+class UpstreamRejected(UpstreamError):
+    type = "upstream_rejected"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 503
+    type = "upstream_rate_limited"
+
+
+class UpstreamBusy(UpstreamError):
+    status = 503
+    type = "upstream_busy"
+

@@ -46,7 +46,7 @@ class Settings:
     fastgpt_api_key: Secret = Secret("")  # noqa: RUF009 (immutable str subclass)
     fastgpt_app_id: str = ""
     # FastGPT CRUD path family: "legacy" (/api/core/chat/...) or "v2" (/history/, /record/).
-    fastgpt_paths: str = "legacy"
+    fastgpt_paths: str = "auto"
     dify_base_url: str = ""
     dify_api_key: Secret = Secret("")  # noqa: RUF009 (immutable str subclass)
     openai_base_url: str = ""
@@ -218,8 +218,8 @@ def _validate(s: Settings) -> None:
             fail("FASTGPT_BASE_URL", f"{s.fastgpt_base_url!r} is not an http(s) URL")
     _validate_dify(s, fail)
     _validate_openai(s, fail)
-    if s.fastgpt_paths not in ("legacy", "v2"):
-        fail("FASTGPT_PATHS", "must be 'legacy' or 'v2'")
+    if s.fastgpt_paths not in ("auto", "legacy", "v2"):
+        fail("FASTGPT_PATHS", "must be 'auto', 'legacy' or 'v2'")
     if not _STORE_RE.match(s.store):
         fail("CALLAGENT_STORE", f"{s.store!r}: use sqlite:///path.db, redis://host:port/db or memory://")
     for name in (

@@ -22,6 +22,8 @@ from typing import NamedTuple
 import aiohttp
 
 MAX_LINE_BYTES = 8 * 1024 * 1024
+COMMENT = b":"
+"""The ``event`` of a comment line, when the parser is asked to keep them."""
 
 
 class SSEEvent(NamedTuple):
@@ -34,9 +36,13 @@ class SSEError(ValueError):
 
 
 class SSEParser:
-    __slots__ = ("_data", "_event", "_max_line", "_pending", "_skip_lf")
+    """``comments=True`` also returns each comment line, in order, as ``SSEEvent(COMMENT, line)``
+    (a client showing keep-alives); otherwise comments are skipped."""
 
-    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+    __slots__ = ("_comments", "_data", "_event", "_max_line", "_pending", "_skip_lf")
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES, *, comments: bool = False) -> None:
+        self._comments = comments
         self._pending = b""  # an incomplete line
         self._event: bytes | None = None
         self._data: list[bytes] = []
@@ -65,6 +71,8 @@ class SSEParser:
                     events.append(SSEEvent(self._event, b"\n".join(self._data)))
                     self._data = []
                 self._event = None
+            elif self._comments and line.startswith(b":"):
+                events.append(SSEEvent(COMMENT, line))
             else:
                 self._line(line)
         return events

@@ -50,6 +50,8 @@ log = structlog.get_logger(component="callagent.turns")
 
 DRAIN_TIMEOUT = 5.0
 """How long a finished turn keeps reading the upstream for its end-of-stream bookkeeping."""
+DRAIN_WAIT = 2.0
+"""How much longer that reading may go on once a new turn of the session waits for it."""
 
 @dataclass(slots=True)
 class TurnRequest:
@@ -74,7 +76,7 @@ class Turn:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         # "running": cancelling interrupts the task. "finishing": the reply is being recorded
         # and its terminal event sent; a cancel only stops what follows. "draining": the
-        # caller has the whole reply; a cancel cuts the upstream's bookkeeping short.
+        # caller has the whole reply; a cancel lets the upstream's bookkeeping finish, bounded.
         self.phase = "running"
         self.ended = False  # the terminal event was emitted
         self._ended_event: asyncio.Event | None = None  # made only when someone waits for it
@@ -103,7 +105,10 @@ class Turn:
             self.task.cancel()
             return True
         if self._drain_deadline is not None:
-            self._drain_deadline.reschedule(asyncio.get_running_loop().time())
+            # The upstream is still saving the reply (FastGPT: until [DONE]); whoever waits for this
+            # turn (the session's next turn) must not race that save: let it go on, DRAIN_WAIT at most.
+            when, wait_until = self._drain_deadline.when(), asyncio.get_running_loop().time() + DRAIN_WAIT
+            self._drain_deadline.reschedule(wait_until if when is None else min(when, wait_until))
         return False
 
     @property
@@ -366,7 +371,7 @@ class TurnEngine:
     async def _drain(self, turn: Turn, chunks: AsyncGenerator[UpstreamChunk, None]) -> None:
         """Read the rest of a finished reply (the upstream saves the chat meanwhile).
 
-        A new turn of the session cuts it short by moving the deadline to now.
+        A new turn of the session waits for it; its cancel brings the deadline to DRAIN_WAIT away.
         """
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT) as turn._drain_deadline:

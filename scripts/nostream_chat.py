@@ -2,7 +2,7 @@
 
 ``POST /chat`` (no streaming): the reply is printed pretty, non-ASCII unescaped::
 
-    $ python scripts/nostream_chat.py a1002 发生了交通事故
+    $ python -m scripts.nostream_chat a1002 发生了交通事故
     {
       "code": "200",
       "msg": "success",

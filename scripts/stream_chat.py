@@ -2,7 +2,7 @@
 
 ``POST /chat?stream=true``, then one line per server-sent event, the moment it arrives::
 
-    $ python scripts/stream_chat.py a1002 发生了交通事故
+    $ python -m scripts.stream_chat a1002 发生了交通事故
     stage_code {"nextStageCode":"1002","nextStage":"通话中","turnId":"95e830675b634a0b","seq":1}
     text_delta {"text":"您好，这里是","turnId":"95e830675b634a0b","seq":2}
     ...
@@ -25,6 +25,8 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+
+from callagent.sse import COMMENT, SSEEvent, SSEParser
 
 TERMINAL = ("done", "error")
 
@@ -49,38 +51,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def sse_events(response: aiohttp.ClientResponse, pings: bool = False) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) per SSE frame as it arrives; comments as ("", ": ping") if ``pings``.
+    """(event, data) per SSE event as it arrives (callagent's reader, no line length limit);
+    comments as ("", ": ping") if ``pings``."""
+    parser = SSEParser(comments=pings)
+    async for block in response.content.iter_any():
+        for event in parser.feed(block):
+            yield _text(event)
+    for event in parser.finish():
+        yield _text(event)
 
-    The body is split on LF by hand (not ``readline``) so that a very long ``data:`` line
-    (a whole reply in one event) has no length limit.
-    """
-    partial: list[bytes] = []  # the current line so far
-    event = ""
-    data: list[str] = []
-    async for chunk in response.content.iter_any():
-        *complete, rest = chunk.split(b"\n")
-        for piece in complete:
-            partial.append(piece)
-            line = b"".join(partial).rstrip(b"\r").decode("utf-8")
-            partial.clear()
-            if not line:  # a blank line ends the frame
-                if data or event:
-                    yield event or "message", "\n".join(data)
-                event, data = "", []
-            elif line.startswith(":"):
-                if pings:
-                    yield "", line
-            else:
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "event":
-                    event = value
-                elif name == "data":
-                    data.append(value)
-        if rest:
-            partial.append(rest)
-    if data or event:
-        yield event or "message", "\n".join(data)
+
+def _text(event: SSEEvent) -> tuple[str, str]:
+    if event.event == COMMENT:
+        return "", event.data.decode()
+    return (event.event or b"message").decode(), event.data.decode()
 
 
 async def run(args: argparse.Namespace) -> int:

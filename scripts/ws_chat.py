@@ -2,7 +2,7 @@
 
 Interactive (stdin is a terminal)::
 
-    $ python scripts/ws_chat.py --session demo-1
+    $ python -m scripts.ws_chat --session demo-1
     发生了交通事故
     [stage]  1002 通话中
     [text]   您好，这里是

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,17 +12,20 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from callagent.settings import Settings
 from callagent.web.app import create_app
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import fastgpt_emulator
+from scripts.emulators import fastgpt as fastgpt_emulator
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
-def emulator_app() -> Any:
-    return fastgpt_emulator.create_emulator_app()
+def emulator_app(request: pytest.FixtureRequest) -> Any:
+    """The emulator as the FastGPT release a test names (``indirect`` parametrization), else the newest."""
+    return fastgpt_emulator.create_emulator_app(build=getattr(request, "param", fastgpt_emulator.DEFAULT_BUILD))
+
+
+BUILDS = list(fastgpt_emulator.BUILDS)
+"""Every FastGPT release the emulator can be: ``@every_build`` runs a test against each one."""
+every_build = pytest.mark.parametrize("emulator_app", BUILDS, indirect=True)
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import fastgpt_emulator as fe
 import orjson
+
+from scripts.emulators import fastgpt as fe
 
 from .conftest import body, parse_sse
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import fastgpt_emulator as fe
 import orjson
 import pytest
 from multidict import MultiDict
@@ -16,6 +15,7 @@ from structlog.testing import capture_logs
 
 from callagent.settings import Settings
 from callagent.store import SQLiteStore, sqlite_path
+from scripts.emulators import fastgpt as fe
 
 from .twilio_side import AUTH_TOKEN, CALL_SID, RelayCall, sign, twiml
 

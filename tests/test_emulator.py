@@ -14,11 +14,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
+from callagent.sse import SSEParser
+from scripts.emulators import fastgpt as fe
 
-import fastgpt_emulator as fe  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 KEY = {"Authorization": "Bearer fastgpt-test"}
 COMPLETIONS = "/api/v1/chat/completions"
@@ -49,7 +48,8 @@ def turn_body(
 
 
 def parse_frames(raw: bytes) -> list[tuple[str | None, str]]:
-    """Strict framing: optional `event:` line, exactly one `data:` line, blank line."""
+    """Strict framing: optional `event:` line, exactly one `data:` line, blank line (the exact
+    byte layout FastGPT sends, which a tolerant reader would not check)."""
     assert raw.endswith(b"\n\n"), raw[-200:]
     frames: list[tuple[str | None, str]] = []
     for block in raw.decode().split("\n\n")[:-1]:
@@ -68,20 +68,13 @@ def content_of(data: str) -> str | None:
 
 
 def spoken(raw: bytes) -> str:
-    """What a tolerant client speaks: answer/fastAnswer contents of frames that parse."""
+    """What a tolerant client speaks: answer/fastAnswer contents of the events that parse."""
+    parser = SSEParser()
     text: list[str] = []
-    event: str | None = None
-    for line in raw.decode(errors="replace").split("\n"):
-        line = line.rstrip("\r")
-        if line.startswith("event:"):
-            event = line[len("event:") :].strip()
-        elif line.startswith("data:"):
-            content = content_of(line[len("data:") :].strip())
-            if event in (None, "answer", "fastAnswer") and isinstance(content, str):
-                text.append(content)
-            event = None
-        elif not line:
-            event = None
+    for event in [*parser.feed(raw), *parser.finish()]:
+        content = content_of(event.data.decode(errors="replace"))
+        if event.event in (None, b"answer", b"fastAnswer") and isinstance(content, str):
+            text.append(content)
     return "".join(text)
 
 
@@ -140,7 +133,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def start(aiohttp_server: Any, http: aiohttp.ClientSession) -> Start:
     async def start(**settings: Any) -> Harness:
-        app = fe.create_emulator_app(**settings)
+        # One release with every path family's quirks: the release-specific tests name theirs.
+        app = fe.create_emulator_app(**{"build": "4.14.5"} | settings)
         return Harness(await aiohttp_server(app), app[fe.EMULATOR], http)
 
     return start
@@ -174,9 +168,9 @@ async def test_stream_detail_frames_and_order(start: Start) -> None:
     events = [e for e, _ in frames]
     assert events[0] == "flowNodeStatus"
     assert events[-4:] == ["workflowDuration", "answer", "answer", "flowResponses"]
-    assert (
-        frames[-3][1]
-        == '{"id":"","object":"","created":0,"model":"","choices":[{"delta":{},"index":0,"finish_reason":"stop"}]}'
+    assert frames[-3][1] == (
+        '{"id":"","object":"","created":0,"model":"",'
+        '"choices":[{"delta":{"role":"assistant","content":null},"index":0,"finish_reason":"stop"}]}'
     )
     assert frames[-2][1] == "[DONE]"
     assert isinstance(json.loads(frames[-1][1]), list)
@@ -196,7 +190,7 @@ async def test_stream_detail_frames_and_order(start: Start) -> None:
 
 
 async def test_v2_stream_sends_node_responses_and_a_null_content_stop(start: Start) -> None:
-    h = await start(version="v2")
+    h = await start()
     _, _, raw = await h.turn(path="/api/v2/chat/completions")
     events = [e for e, _ in parse_frames(raw)]
     assert events[:2] == ["flowNodeResponse", "flowNodeStatus"]
@@ -306,13 +300,11 @@ async def test_bad_key_stream_is_one_error_frame_with_http_200(start: Start) -> 
     assert h.emu.chats == {}
 
 
-async def test_bad_key_non_stream_envelope(start: Start) -> None:
-    h = await start()
-    status, _, raw = await h.turn(turn_body(stream=False), headers={})
-    assert status == 200 and json.loads(raw)["code"] == 514
-    h2 = await start(version="v2")
-    status, _, raw = await h2.turn(turn_body(stream=False), headers={})
-    assert status == 500 and json.loads(raw)["code"] == 514
+@pytest.mark.parametrize(("build", "status"), [("4.8.15", 200), ("4.14.5", 500), ("4.15", 500)])
+async def test_bad_key_non_stream_envelope(start: Start, build: str, status: int) -> None:
+    h = await start(build=build)
+    got, _, raw = await h.turn(turn_body(stream=False), headers={})
+    assert got == status and json.loads(raw)["code"] == 514
 
 
 async def test_empty_messages_is_an_error(start: Start) -> None:
@@ -345,19 +337,56 @@ async def test_records_are_stored_with_given_ids_and_paged_from_the_newest(start
     assert envelope["data"][-1]["textOutput"] == REPLY
 
 
-async def test_records_are_deleted_by_query_or_body(start: Start) -> None:
-    h = await start()
+ITEM_DELETE = "/api/core/chat/item/delete"
+RECORD_DELETE = "/api/core/chat/record/delete"
+
+
+@pytest.mark.parametrize(
+    ("build", "path", "query_only", "body_only"),
+    [
+        ("4.8.15", ITEM_DELETE, "deleted", "refused"),
+        ("4.11", ITEM_DELETE, "deleted", "refused"),
+        ("4.14.5", ITEM_DELETE, "refused", "deleted"),
+        ("4.14.11", ITEM_DELETE, 404, 404),
+        ("4.14.11", RECORD_DELETE, "deleted", "refused"),
+        ("4.15", RECORD_DELETE, "deleted", "deleted"),
+        ("4.11", RECORD_DELETE, 404, 404),
+    ],
+)
+async def test_where_a_record_delete_reads_its_ids(
+    start: Start, build: str, path: str, query_only: Any, body_only: Any
+) -> None:
+    h = await start(build=build)
     await h.turn(turn_body(turn="t1"))
-    await h.turn(turn_body(turn="t2"))
-    query = {"appId": "app1", "chatId": "c1", "contentId": "t2-a"}
-    status, envelope = await h.api("DELETE", "/api/core/chat/item/delete", params=query)
-    assert (status, envelope) == (200, {"code": 200, "statusText": "", "message": "", "data": None})
-    body = {"appId": "app1", "chatId": "c1", "contentIds": ["t2-q", "missing"]}
-    status, envelope = await h.api("DELETE", "/api/core/chat/record/delete", json_body=body)
-    assert envelope["code"] == 200
-    assert [r["dataId"] for r in await h.records()] == ["t1-q", "t1-a"]
-    status, envelope = await h.api("DELETE", "/api/core/chat/item/delete", params=query | {"chatId": "nope"})
-    assert envelope["code"] == 200
+    stored = await h.records()
+    ref = {"appId": "app1", "chatId": "c1", "contentId": "t1-a"}
+    for outcome, kwargs in ((query_only, {"params": ref}), (body_only, {"json_body": ref})):
+        async with h.http.delete(h.url(path), headers=KEY, **{"json" if "json_body" in kwargs else "params": ref}) as r:
+            status, raw = r.status, await r.read()
+        if isinstance(outcome, int):
+            assert status == outcome
+            continue
+        envelope = json.loads(raw)
+        assert (envelope["code"] == 200) == (outcome == "deleted"), (status, envelope)
+        if outcome == "refused":
+            assert envelope["message"] == "contentId or chatId is empty"
+        left = ([] if build == "4.15" else ["t1-q"]) if outcome == "deleted" else [r["dataId"] for r in stored]
+        assert [r["dataId"] for r in await h.records()] == left
+        await h.turn(turn_body(turn="t1"))  # the record back for the next call
+        h.emu.chats[("app1", "c1")].records = h.emu.chats[("app1", "c1")].records[-2:]
+
+
+async def test_a_delete_with_ids_in_query_and_body_works_on_every_release(start: Start) -> None:
+    for build in fe.BUILDS:
+        h = await start(build=build)
+        await h.turn(turn_body(turn="t1"))
+        await h.turn(turn_body(turn="t2"))
+        path = RECORD_DELETE if fe.BUILDS[build].item_delete is None else ITEM_DELETE
+        for content_id in ("t2-q", "t2-a", "missing"):
+            ref = {"appId": "app1", "chatId": "c1", "contentId": content_id}
+            status, envelope = await h.api("DELETE", path, params=ref, json_body=ref)
+            assert (status, envelope["code"]) == (200, 200)
+        assert [r["dataId"] for r in await h.records()] == (["t1-a"] * 2 if build == "4.15" else ["t1-q", "t1-a"])
 
 
 @pytest.mark.parametrize("path", ["/api/core/chat/delHistory", "/api/core/chat/history/delHistory"])
@@ -383,14 +412,17 @@ async def test_init_of_a_missing_chat_has_empty_variables(start: Start) -> None:
 
 
 async def test_crud_needs_key_and_app_id(start: Start) -> None:
-    h = await start()
+    h = await start(build="4.8.15")
     status, envelope = await h.api("GET", "/api/core/chat/init", params={"chatId": "c1"})
     assert (status, envelope["code"]) == (200, 403)
     status, envelope = await h.api("GET", "/api/core/chat/init", params={"appId": "app1"}, headers={})
     assert (status, envelope["code"]) == (200, 514)
-    h2 = await start(version="v2")
+    h2 = await start(build="4.14.5")
     status, envelope = await h2.api("GET", "/api/core/chat/init", params={"chatId": "c1"})
     assert (status, envelope["code"]) == (500, 403)
+    h3 = await start(build="4.15")
+    status, envelope = await h3.api("GET", "/api/core/chat/init", params={"chatId": "c1"})
+    assert (status, envelope["code"]) == (403, 403)
 
 
 # -- faults -----------------------------------------------------------------------------------
@@ -427,8 +459,10 @@ async def test_stall_then_disconnect_is_recorded(start: Start) -> None:
     await closed(log)
     assert log.outcome == "disconnected" and log.finished_at is None
     assert log.disconnected_at is not None and log.disconnected_at >= log.first_chunk_at
-    # The partial turn stays stored, as FastGPT keeps it.
-    records = await h.records()
+    # The partial turn stays stored, as FastGPT keeps it, once the workflow returned.
+    async with asyncio.timeout(5):
+        while not (records := await h.records()):
+            await asyncio.sleep(0.01)  # polling the emulator's store, with a deadline
     assert [r["dataId"] for r in records] == ["t1-q", "t1-a"]
     assert REPLY.startswith(texts_of(records[1]["value"]))
 
@@ -512,7 +546,7 @@ async def test_error_before_output(start: Start) -> None:
     ("fault", "status", "check"),
     [
         ("http500", 500, lambda raw: json.loads(raw)["code"] == 500),
-        ("error_before", 200, lambda raw: json.loads(raw)["code"] == 510),
+        ("error_before", 500, lambda raw: json.loads(raw)["code"] == 510),
         ("error_mid", 500, lambda raw: json.loads(raw)["code"] == 500),
         ("eof", 200, lambda raw: raw.startswith(b"{") and not raw.endswith(b"}")),
         ("malformed", 200, lambda raw: raw.startswith(b"<html>")),
@@ -613,6 +647,144 @@ async def test_interactive_node_and_its_resume(start: Start) -> None:
     assert [next(iter(set(v) - {"type"})) for v in records[1]["value"]] == ["text", "interactive", "text"]
 
 
+# -- releases ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "tail"),
+    [
+        ("4.8.15", ["answer", "answer", "flowResponses"]),
+        ("4.11", ["workflowDuration", "answer", "answer", "flowResponses"]),
+        ("4.14.11", ["workflowDuration", "answer", "flowResponses", "answer"]),
+        ("4.15", ["workflowDuration", "answer", "flowResponses", "answer"]),
+    ],
+)
+async def test_end_of_stream_per_release(start: Start, build: str, tail: list[str]) -> None:
+    h = await start(build=build)
+    frames = parse_frames((await h.turn())[2])
+    events = [e for e, _ in frames]
+    assert events[-len(tail) :] == tail and events.count("workflowDuration") == (build != "4.8.15")
+    assert ("[DONE]" in dict(frames).values()) and (events[0] == "chatTitle") == (build == "4.15")
+    stop = next(json.loads(d) for e, d in frames if e == "answer" and '"stop"' in d)
+    assert stop["choices"][0]["delta"] == ({} if build == "4.8.15" else {"role": "assistant", "content": None})
+
+
+async def test_paths_a_release_does_not_have_are_404(start: Start) -> None:
+    h = await start(build="4.8.15")
+    assert (await h.turn(path="/api/v2/chat/completions"))[0] == 404
+    for method, path in [("POST", "/api/v2/chat/stop"), ("DELETE", "/api/core/chat/history/delHistory")]:
+        async with h.http.request(method, h.url(path), headers=KEY) as resp:
+            assert resp.status == 404 and resp.content_type == "text/html"
+    async with h.http.post(h.url("/__emulator/build"), json={"build": "4.14.5"}) as resp:
+        assert (await resp.json())["build"] == "4.14.5"
+    _, envelope = await h.api("POST", "/api/v2/chat/stop", json_body={"appId": "app1", "chatId": "c1"})
+    assert envelope["code"] == 200
+    async with h.http.post(h.url("/__emulator/build"), json={"build": "9.9"}) as resp:
+        assert resp.status == 400
+
+
+class SlowBrain:
+    """Says something, then takes its time (a slow node) until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def reply(self, chat_id: str, text: str, variables: dict[str, Any]) -> AsyncIterator[str]:
+        yield "<state>1002</state>请稍等"
+        await self.release.wait()
+        yield "好了。"
+
+
+@pytest.mark.parametrize("build", ["4.14.5", "4.14.11"])
+async def test_a_second_run_while_the_chat_generates(start: Start, build: str) -> None:
+    brain = SlowBrain()
+    h = await start(build=build, brain=brain, chunk_chars=100)
+    async with h.http.post(h.url(COMPLETIONS), json=turn_body(), headers=KEY) as first:
+        await read_until(first, b"event: answer")
+        second = asyncio.create_task(h.turn(turn_body(turn="t2")))
+        if build == "4.14.11":
+            status, _, raw = await second
+        brain.release.set()
+        await first.read()
+        if build != "4.14.11":
+            status, _, raw = await second
+    frames = parse_frames(raw)
+    if build == "4.14.11":
+        assert status == 200 and [e for e, _ in frames] == ["error"] and json.loads(frames[0][1])["code"] == 504001
+    else:
+        assert spoken(raw).endswith("好了。")
+
+
+@pytest.mark.parametrize(("build", "at_once"), [("4.14.5", False), ("4.15", True)])
+async def test_a_run_whose_client_left_is_saved_when_its_workflow_returns(
+    start: Start, build: str, at_once: bool
+) -> None:
+    h = await start(build=build, brain=SlowBrain(), chunk_chars=100)
+    h.emu.finish_delay = 30  # a slow node: only the stop API ends it early
+    async with h.http.post(h.url(COMPLETIONS), json=turn_body(), headers=KEY) as resp:
+        await read_until(resp, b"event: answer")
+        resp.close()
+    await closed(h.emu.streams[-1])
+    assert bool(await h.records()) == at_once and h.emu.generating("c1") != at_once
+    if not at_once:
+        _, envelope = await h.api("POST", "/api/v2/chat/stop", json_body={"appId": "app1", "chatId": "c1"})
+        assert envelope["code"] == 200
+        assert [r["dataId"] for r in await h.records()] == ["t1-q", "t1-a"] and not h.emu.generating("c1")
+
+
+@pytest.mark.parametrize("build", ["4.8.15", "4.11"])
+async def test_declared_variables_only_from_4_11(start: Start, build: str) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def reply(chat_id: str, text: str, variables: dict[str, Any]) -> str:
+        seen.append(variables)
+        return "好的。"
+
+    h = await start(build=build, brain=fe.ScriptedBrain(reply))
+    h.emu.declared_variables = {"sjhm": "手机号", "cph": "车牌号"}
+    await h.turn(turn_body(variables={"手机号": "13812345678", "cph": "沪A1", "other": 1}))
+    if build == "4.11":
+        assert seen == [{"sjhm": "13812345678", "cph": "沪A1"}] and await h.variables() == seen[0]
+    else:
+        assert seen == [{"手机号": "13812345678", "cph": "沪A1", "other": 1}]
+
+
+async def test_an_unmatched_user_select_answer_ends_the_run_silently(start: Start) -> None:
+    h = await start(brain=fe.ScriptedBrain(["<state>1002</state>好的。", "<state>2000</state>请拍照。"]))
+    h.emu.set_fault("interactive_nested", count=1)
+    frames = parse_frames((await h.turn())[2])
+    node = json.loads(next(d for e, d in frames if e == "interactive"))["interactive"]
+    assert node["type"] == "childrenInteractive"
+    raw = (await h.turn(turn_body("不知道", turn="t2")))[2]
+    assert spoken(raw) == "" and b"workflowDuration" in raw
+    raw = (await h.turn(turn_body("单车事故", turn="t3")))[2]
+    assert spoken(raw) == "<state>2000</state>请拍照。"
+    # The question was used up by the unmatched answer: "单车事故" started a fresh run.
+    assert [r["dataId"] for r in await h.records()] == ["t1-q", "t1-a", "t3-q", "t3-a"]
+
+
+@pytest.mark.parametrize("build", ["4.11", "4.14.5"])
+async def test_payment_pause_from_4_14_1(start: Start, build: str) -> None:
+    h = await start(build=build, fault="payment_pause")
+    frames = parse_frames((await h.turn())[2])
+    if build == "4.14.5":
+        node = json.loads(next(d for e, d in frames if e == "interactive"))["interactive"]
+        assert node["type"] == "paymentPause" and frames[-1] == ("flowResponses", frames[-1][1])
+    else:
+        assert frames[-1][0] == "error" and json.loads(frames[-1][1])["statusText"] == "aiPointsNotEnough"
+
+
+async def test_bad_bodies_and_rate_limits_are_json_from_4_14_11(start: Start) -> None:
+    h = await start(build="4.14.11")
+    status, headers, raw = await h.turn(turn_body() | {"variables": [1]})
+    assert status == 400 and headers["Content-Type"].startswith("application/json") and json.loads(raw)["code"] == 400
+    h.emu.set_fault("rate_limited", count=1)
+    status, _, raw = await h.turn()
+    assert status == 429 and json.loads(raw)["code"] == 429
+    old = await start(build="4.14.5")
+    assert (await old.turn(turn_body() | {"variables": [1]}))[0] == 200
+
+
 async def test_local_brain(start: Start) -> None:
     h = await start(brain=fe.LocalBrain(), chunk_chars=8)
     _, _, raw = await h.turn(turn_body("你好"))
@@ -627,10 +799,13 @@ async def test_cli_serves_and_detects_disconnects(http: aiohttp.ClientSession) -
     port = unused_port()
     base = f"http://127.0.0.1:{port}"
     args = ["--port", str(port), "--reply", "<state>0000</state>再见", "--fault", "stall", "--chunk-chars", "2"]
+    args += ["--build", "4.14.5"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(SCRIPTS / "fastgpt_emulator.py"),
+        "-m",
+        "scripts.emulators.fastgpt",
         *args,
+        cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -653,6 +828,8 @@ async def test_cli_serves_and_detects_disconnects(http: aiohttp.ClientSession) -
                     break
                 await asyncio.sleep(0.01)  # polling another process, with a deadline
         assert log["outcome"] == "disconnected" and log["disconnected_at"] is not None
+        async with http.get(f"{base}/__emulator/build") as resp:
+            assert (await resp.json())["build"] == "4.14.5"
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)

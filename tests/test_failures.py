@@ -11,8 +11,9 @@ from structlog.testing import capture_logs
 
 from callagent.settings import Settings
 from callagent.web.keys import ENGINE, STORE
+from scripts.emulators.fastgpt import DEFAULT_BUILD
 
-from .conftest import body, parse_sse
+from .conftest import BUILDS, body, parse_sse
 
 FALLBACK = Settings().fallback_text
 FAST = {"connect_timeout": 0.5, "first_token_timeout": 0.6, "idle_timeout": 0.4, "turn_timeout": 5}
@@ -37,19 +38,30 @@ async def assert_nothing_left(client: Any, emulator: Any | None = None, session_
     assert b"callagent_running_turns 0.0" in await (await client.get("/metrics")).read()
 
 
+# Failures FastGPT reports itself, on every release; the deadline faults need no release each.
+REPORTED = [
+    ("http500", "upstream_error", ""),
+    ("error_before", "upstream_quota", ""),
+    ("error_mid", "upstream_error", "您好，请问"),
+    ("eof", "upstream_protocol", "您好，请问"),
+    ("abort", "upstream_protocol", "您好，请问"),
+    ("rate_limited", "upstream_rate_limited", ""),
+    # Out of AI points mid-run: a paymentPause node (4.14.1+) or an error frame (before).
+    ("payment_pause", "upstream_quota", "您好，请问有人受伤吗？"),
+    ("interactive_unknown", "upstream_protocol", "您好，请问有人受伤吗？"),
+]
+DEADLINES = [
+    ("no_first_token", "upstream_timeout", ""),
+    ("stall", "upstream_timeout", "您好，请问"),
+    ("heartbeats_only", "upstream_timeout", ""),
+    ("slow_headers", "upstream_timeout", ""),
+]
+
+
 @pytest.mark.parametrize(
-    ("fault", "error_type", "spoken_before_fallback"),
-    [
-        ("http500", "upstream_error", ""),
-        ("error_before", "upstream_error", ""),
-        ("error_mid", "upstream_error", "您好，请问"),
-        ("eof", "upstream_protocol", "您好，请问"),
-        ("abort", "upstream_protocol", "您好，请问"),
-        ("no_first_token", "upstream_timeout", ""),
-        ("stall", "upstream_timeout", "您好，请问"),
-        ("heartbeats_only", "upstream_timeout", ""),
-        ("slow_headers", "upstream_timeout", ""),
-    ],
+    ("emulator_app", "fault", "error_type", "spoken_before_fallback"),
+    [(build, *case) for build in BUILDS for case in REPORTED] + [(DEFAULT_BUILD, *case) for case in DEADLINES],
+    indirect=["emulator_app"],
 )
 async def test_fault_ends_with_fallback_then_error(
     make_client: Any, fastgpt_settings: Any, emulator: Any, fault: str, error_type: str, spoken_before_fallback: str
@@ -115,7 +127,7 @@ async def test_bad_upstream_key_is_upstream_auth(make_client: Any, fastgpt_setti
 
 
 async def test_a_terminal_stage_already_sent_is_kept(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
-    import fastgpt_emulator as fe
+    from scripts.emulators import fastgpt as fe
 
     emulator.brain = fe.ScriptedBrain(["<state>0003</state>有人受伤，马上为您转接人工，请保持电话畅通。"])
     emulator.set_fault("error_mid")
@@ -150,7 +162,7 @@ async def test_custom_fallback_stage_and_text(make_client: Any, fastgpt_settings
 
 
 async def test_whole_turn_deadline(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
-    import fastgpt_emulator as fe
+    from scripts.emulators import fastgpt as fe
 
     emulator.brain = fe.ScriptedBrain(["<state>1002</state>" + "慢" * 200])
     emulator.chunk_delay = 0.05
@@ -161,4 +173,3 @@ async def test_whole_turn_deadline(make_client: Any, fastgpt_settings: Any, emul
     assert data["error"]["type"] == "upstream_timeout" and "longer than 0.5s" in data["error"]["msg"]
     assert data["text"].endswith(FALLBACK) and data["nextStageCode"] == "0001"
     await assert_nothing_left(client, emulator)
-

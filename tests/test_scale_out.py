@@ -52,12 +52,12 @@ class Process:
 
 def start_emulator(log_dir: Path, *replies: str, chunk_delay: float = CHUNK_DELAY) -> Process:
     port = free_port()
-    args = [sys.executable, str(ROOT / "scripts" / "fastgpt_emulator.py"), "--port", str(port)]
+    args = [sys.executable, "-m", "scripts.emulators.fastgpt", "--port", str(port)]
     args += ["--chunk-delay", str(chunk_delay)]
     for reply in replies:
         args += ["--reply", reply]
     log_path = log_dir / f"emulator-{port}.log"
-    return Process("emulator", port, start_process(args, log_path), log_path)
+    return Process("emulator", port, start_process(args, log_path, cwd=ROOT), log_path)
 
 
 def start_callagent(name: str, log_dir: Path, redis_url: str, emulator: Process) -> Process:

@@ -14,7 +14,7 @@ import pytest
 
 from callagent.settings import Settings
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+ROOT = Path(__file__).resolve().parent.parent  # the scripts run as `python -m scripts.<name>` from here
 ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "NO_COLOR": "1"}
 GREETING = "您好，这里是交通事故快处服务。请问现场有人受伤吗？"
 # Slow enough that a barge-in lands mid-reply; a turn deadline that the slow agent misses.
@@ -29,12 +29,14 @@ def base_url(client: Any) -> str:
 async def run_script(name: str, *args: str, stdin: bytes | None = None, timeout: float = 30) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(SCRIPTS / name),
+        "-m",
+        f"scripts.{name.removesuffix('.py')}",
         *args,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=ENV,
+        cwd=ROOT,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
@@ -81,7 +83,8 @@ async def test_stream_chat_prints_each_event_the_moment_it_arrives(make_client: 
     client = await make_client(Settings(**{**SLOW, "local_chunk_delay": 0.15}))  # type: ignore[arg-type]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(SCRIPTS / "stream_chat.py"),
+        "-m",
+        "scripts.stream_chat",
         "--url",
         base_url(client),
         "s-live",
@@ -90,6 +93,7 @@ async def test_stream_chat_prints_each_event_the_moment_it_arrives(make_client: 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=ENV,
+        cwd=ROOT,
     )
     assert proc.stdout is not None
     loop = asyncio.get_running_loop()
@@ -257,7 +261,8 @@ async def test_ws_chat_interactive_on_a_terminal(client: Any) -> None:
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(SCRIPTS / "ws_chat.py"),
+            "-m",
+            "scripts.ws_chat",
             "--url",
             base_url(client),
             "--session",
@@ -266,6 +271,7 @@ async def test_ws_chat_interactive_on_a_terminal(client: Any) -> None:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=ENV,
+            cwd=ROOT,
         )
         assert proc.stdout is not None
         seen: list[str] = []

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import fastgpt_emulator as fe
-
 from callagent.markup import clean_markup
+from scripts.emulators import fastgpt as fe
 
 from .conftest import body, parse_sse
 

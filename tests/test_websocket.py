@@ -6,11 +6,11 @@ import asyncio
 from typing import Any
 
 import aiohttp
-import fastgpt_emulator as fe
 import pytest
 from structlog.testing import capture_logs
 
 from callagent.store import SQLiteStore, sqlite_path
+from scripts.emulators import fastgpt as fe
 
 LONG_REPLY = "<state>1002</state>" + "您好，这里是交通事故快处中心，请问现场有人受伤吗？" * 4
 
