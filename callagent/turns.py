@@ -44,7 +44,14 @@ from .settings import Settings
 from .stages import StageTable
 from .store import Store, TurnRecord
 from .store.lease import LeaseLost, SessionLease
-from .upstream.base import END_OF_SPEECH, Upstream, UpstreamChunk, UpstreamTurn, VariablesUpdate
+from .upstream.base import (
+    END_OF_SPEECH,
+    Upstream,
+    UpstreamChunk,
+    UpstreamRecords,
+    UpstreamTurn,
+    VariablesUpdate,
+)
 
 log = structlog.get_logger(component="callagent.turns")
 
@@ -148,6 +155,7 @@ class _Progress:
     chunks: AsyncGenerator[UpstreamChunk, None] | None = None  # the upstream reply, once asked for
     reply: ReplyPipeline | None = None
     lease: SessionLease | None = None
+    records: list[str] | None = None  # the upstream records the turn created, when it said so
 
 
 class TurnEngine:
@@ -308,7 +316,7 @@ class TurnEngine:
             async with deadline.armed():
                 async for chunk in chunks:
                     now = loop.time()
-                    if progress.first_byte is None:
+                    if progress.first_byte is None and not isinstance(chunk, UpstreamRecords):
                         progress.first_byte = perf_counter()
                     if isinstance(chunk, str):
                         reply.feed(chunk)
@@ -318,6 +326,8 @@ class TurnEngine:
                         for key, value in chunk.items():
                             if variables.get(key) != value:
                                 progress.variables[key] = value
+                    elif isinstance(chunk, UpstreamRecords):
+                        progress.records = list(chunk)
                     if reply.first_text is not None:
                         deadline.alive(now)
                     if lease.due(now):
@@ -343,6 +353,8 @@ class TurnEngine:
             reply.text.append(s.fallback_text)
             turn.emit(TextDelta(s.fallback_text))
         latency = _latency(progress, reply, perf_counter())
+        if progress.records is not None:
+            record.upstream_records = progress.records
         record.reply_text = "".join(reply.text)
         record.spoken_text = turn.spoken_text
         record.stage_codes = reply.stages

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from callagent.web.keys import STORE
 from scripts.emulators import fastgpt as fe
 
 from .conftest import body, every_build, parse_sse
@@ -212,6 +213,8 @@ async def test_user_select_question_is_spoken_and_the_answer_mapped(fastgpt_clie
     assert not [k for k in sent["variables"] if k.startswith("_")]
     await fastgpt_client.post("/chat", json=body(text="好的"))
     assert completions(emulator)[-1].body["messages"][0]["content"] == "好的", "the question was answered"
+    rows = await fastgpt_client.app[STORE].turns("a1002")
+    assert [len(row.upstream_records) for row in rows] == [2, 0, 2], "the answer turn created no record upstream"
 
 
 @every_build

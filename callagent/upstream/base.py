@@ -6,6 +6,7 @@ An upstream turns one caller utterance into an async stream of chunks:
   (the turn engine strips them; upstreams never parse tags themselves);
 - ``VariablesUpdate``: variables the workflow set (FastGPT sends all of them, the local agent
   the ones it changed); the engine merges them into the session's variables;
+- ``UpstreamRecords``: the records the turn created upstream, when not its two usual ids;
 - ``KEEPALIVE``: the upstream is alive but said nothing speakable (heartbeats, node status).
   It only resets the turn's idle deadline;
 - ``END_OF_SPEECH``: the reply is complete, but the upstream still has bookkeeping to finish on
@@ -30,6 +31,11 @@ class VariablesUpdate(dict[str, Any]):
     """Variables the workflow set, merged into the session's variables by the engine."""
 
 
+class UpstreamRecords(tuple[str, ...]):
+    """The records this turn really created upstream, when not the usual two (an answer to a
+    paused interactive node creates none): the transcript row keeps them for undo."""
+
+
 class Marker:
     """A chunk that carries no text: ``KEEPALIVE`` or ``END_OF_SPEECH``."""
 
@@ -45,7 +51,7 @@ class Marker:
 KEEPALIVE: Final = Marker("KEEPALIVE")
 END_OF_SPEECH: Final = Marker("END_OF_SPEECH")
 
-UpstreamChunk = str | VariablesUpdate | Marker
+UpstreamChunk = str | VariablesUpdate | UpstreamRecords | Marker
 
 
 @dataclass(slots=True, frozen=True)

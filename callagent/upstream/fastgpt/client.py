@@ -33,7 +33,7 @@ import structlog
 
 from ...errors import UpstreamBusy, UpstreamError, UpstreamProtocol, UpstreamUnavailable
 from ...sse import SSEError, SSEEvent, read_events
-from ..base import END_OF_SPEECH, KEEPALIVE, UpstreamChunk, UpstreamTurn, VariablesUpdate
+from ..base import END_OF_SPEECH, KEEPALIVE, UpstreamChunk, UpstreamRecords, UpstreamTurn, VariablesUpdate
 from . import interactive
 from .errors import error_from, error_from_body
 from .interactive import INTERACTIVE_KEY
@@ -118,6 +118,7 @@ class FastGPTClient:
             # The run is paused at an interactive node: these words answer it, and the resumed
             # run adds no record of its own (FastGPT appends to the paused run's AI record).
             self._recordless.add(turn.human_record_id, turn.ai_record_id)
+            yield UpstreamRecords()
             step = interactive.answer(question, text)
             if step.send is None:
                 yield VariablesUpdate({INTERACTIVE_KEY: step.state})
