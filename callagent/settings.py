@@ -47,6 +47,9 @@ class Settings:
     fastgpt_paths: str = "legacy"
     store: str = "sqlite:///var/callagent.db"
     api_keys: tuple[Secret, ...] = ()
+    # Keys of the operator console (``name:key`` names the operator in the action log).
+    console_keys: tuple[Secret, ...] = ()
+    console_viewer_buffer: int = 1000  # feed messages queued for one console viewer before it is dropped
     connect_timeout: float = 3.0
     first_token_timeout: float = 10.0
     idle_timeout: float = 15.0
@@ -76,6 +79,7 @@ class Settings:
         # Plain strings given in code become Secrets too, so they can never be logged.
         object.__setattr__(self, "fastgpt_api_key", Secret(str.__str__(self.fastgpt_api_key)))
         object.__setattr__(self, "api_keys", tuple(Secret(str.__str__(k)) for k in self.api_keys))
+        object.__setattr__(self, "console_keys", tuple(Secret(str.__str__(k)) for k in self.console_keys))
         _validate(self)
 
     @classmethod
@@ -204,6 +208,6 @@ def _validate(s: Settings) -> None:
         fail("CALLAGENT_LOG_FORMAT", "must be 'console', 'json' or 'auto'")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         fail("CALLAGENT_LOG_LEVEL", "must be debug, info, warning or error")
-    for name in ("max_text_chars", "max_body_bytes", "ws_send_queue", "transcript_ttl"):
+    for name in ("max_text_chars", "max_body_bytes", "ws_send_queue", "transcript_ttl", "console_viewer_buffer"):
         if getattr(s, name) < 1:
             fail(f"CALLAGENT_{name.upper()}", "must be >= 1")
