@@ -191,7 +191,9 @@ async def test_set_variable_undo_and_end_go_through_the_session_commands(
 ) -> None:
     key = auth(CONSOLE_KEY)
     await console.post("/chat", json=body("step-2", text="喂"), headers=auth(GATEWAY_KEY))
-    response = await console.post("/console/api/sessions/step-2/variables", json={"key": "note", "value": 7}, headers=key)
+    response = await console.post(
+        "/console/api/sessions/step-2/variables", json={"key": "note", "value": 7}, headers=key
+    )
     assert (await response.json())["who"] == "alice"
     session = await (await console.get("/console/api/sessions/step-2", headers=key)).json()
     assert session["variables"]["note"] == 7 and len(session["turns"]) == 1
