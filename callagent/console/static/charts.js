@@ -4,7 +4,12 @@
 
 const Charts = (() => {
   const NS = "http://www.w3.org/2000/svg";
-  const W = 460, H = 170, PAD = { l: 44, r: 8, t: 8, b: 22 };
+  const H = 170, PAD = { l: 44, r: 8, t: 8, b: 22 };
+  let W = 460; // each chart is drawn at its container's width, so its text is not scaled
+
+  function measure(container) {
+    W = Math.max(220, Math.round(container.clientWidth) || 460);
+  }
 
   function el(name, attrs, text) {
     const node = document.createElementNS(NS, name);
@@ -14,7 +19,8 @@ const Charts = (() => {
   }
 
   function frame(container) {
-    const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, class: "svg-chart", preserveAspectRatio: "none" });
+    measure(container);
+    const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, class: "svg-chart" });
     container.replaceChildren(svg);
     return svg;
   }
@@ -44,7 +50,7 @@ const Charts = (() => {
 
   function fmt(v) {
     if (v >= 1000) return `${Math.round(v / 100) / 10}k`;
-    return String(Math.round(v * 10) / 10);
+    return String(v < 10 ? Math.round(v * 100) / 100 : Math.round(v));
   }
 
   function empty(container, text) {
@@ -103,6 +109,7 @@ const Charts = (() => {
   // entries: [[label, value]] as horizontal bars with their values.
   function hbars(container, entries, cls) {
     if (!entries.length) return empty(container, "nothing yet");
+    measure(container);
     const rows = entries.slice(0, 8);
     const rowH = 20, height = rows.length * rowH + 4, left = 110;
     const svg = el("svg", { viewBox: `0 0 ${W} ${height}`, class: "svg-chart" });

@@ -188,7 +188,9 @@ function renderCalls() {
         h("td", "muted", c.instance),
         h("td", "muted", ago(c.at)),
       ];
-      cells[1].append(h("span", `state ${c.state}`, c.state === "waiting" ? "waiting for the caller" : c.state));
+      const badge = h("span", `state ${c.state}`, c.state);
+      if (c.state === "waiting") badge.title = "waiting for the caller";
+      cells[1].append(badge);
       row.append(...cells);
       row.addEventListener("click", () => selectCall(c.session));
       return row;
