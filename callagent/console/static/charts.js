@@ -42,9 +42,10 @@ const Charts = (() => {
     const w = W - PAD.l - PAD.r;
     const every = Math.max(1, Math.ceil(labels.length / 8));
     labels.forEach((label, i) => {
-      if (i % every) return;
+      if (i % every && i !== labels.length - 1) return;
       const x = PAD.l + (labels.length === 1 ? w / 2 : (w * i) / (labels.length - 1));
-      svg.append(el("text", { x, y: H - 6, class: "tick", "text-anchor": "middle" }, label));
+      const anchor = labels.length > 1 && i === 0 ? "start" : labels.length > 1 && i === labels.length - 1 ? "end" : "middle";
+      svg.append(el("text", { x, y: H - 6, class: "tick", "text-anchor": anchor }, label));
     });
   }
 

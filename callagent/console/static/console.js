@@ -163,7 +163,7 @@ function scheduleCalls() {
 
 function ago(at) {
   const s = Math.max(0, Math.round(Date.now() / 1000 - at));
-  return s < 60 ? `${s}s ago` : `${Math.floor(s / 60)}m ago`;
+  return s < 60 ? `${s}s` : `${Math.floor(s / 60)}m`;
 }
 
 function renderCalls() {
