@@ -12,8 +12,10 @@ after the last viewer left finds nobody watching and unhooks the feed.
 
 Messages are small dicts (``type``: ``turn`` a turn started, ``stage``, ``delta``, ``end``,
 ``action`` an operator stepped in, ``call`` a call's summary, ``hello`` the first message a
-viewer gets). Each is encoded once and the same bytes are queued for every viewer; a viewer
-whose queue is full (it reads slower than calls talk) is dropped, never waited for. With the
+viewer gets). Each is encoded once; what is produced in one event-loop iteration is joined
+into one chunk, and the same chunk is queued for every viewer (so ten viewers cost ten queue
+puts and ten writes per burst, not per message). A viewer whose queue is full (it reads
+slower than calls talk) is dropped, never waited for. With the
 Redis store the observer only appends to a batch that one publisher task sends, so a turn
 never awaits Redis for the console; every instance (the sender too) fans out what it hears
 on the channel, so all viewers see the same order. Control messages on the same channel:
@@ -79,7 +81,7 @@ class CallSummary:
 
 
 class Viewer:
-    """One open console page: a bounded queue of encoded SSE frames."""
+    """One open console page: a bounded queue of chunks of encoded SSE frames."""
 
     def __init__(self, who: str, size: int) -> None:
         self.who = who
@@ -113,7 +115,8 @@ class CallFeed:
         self._redis_url = redis_url
         self._redis: Redis | None = None
         self._remote_until = 0.0
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []  # for the Redis publisher
+        self._outgoing: list[bytes] = []  # for the viewers, delivered at the end of the iteration
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -294,12 +297,19 @@ class CallFeed:
             self._wake.set()
 
     def _fan_out(self, messages: Any) -> None:
-        for message in messages:
-            if message["type"] in ("watch", "sync"):
-                continue
-            frame = sse_frame(message)
-            for viewer in self.viewers:
-                viewer.offer(frame)
+        """Queue the messages for every viewer at the end of this loop iteration: what a turn
+        (or a Redis batch) produces together reaches each viewer as one chunk."""
+        frames = [sse_frame(m) for m in messages if m["type"] not in ("watch", "sync")]
+        if not frames or not self.viewers:
+            return
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._deliver)
+        self._outgoing.extend(frames)
+
+    def _deliver(self) -> None:
+        chunk, self._outgoing = b"".join(self._outgoing), []
+        for viewer in self.viewers:
+            viewer.offer(chunk)
 
     async def _publish_loop(self) -> None:
         """Send what the observer batched, one PUBLISH per batch."""
