@@ -49,7 +49,7 @@ class Settings:
     api_keys: tuple[Secret, ...] = ()
     # Keys of the operator console (``name:key`` names the operator in the action log).
     console_keys: tuple[Secret, ...] = ()
-    console_viewer_buffer: int = 1000  # feed messages queued for one console viewer before it is dropped
+    console_viewer_buffer: int = 1000  # feed chunks queued for one console viewer before it is dropped
     connect_timeout: float = 3.0
     first_token_timeout: float = 10.0
     idle_timeout: float = 15.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..events import dumps
 from ..metrics import Metrics
 from ..web import validation as v
 from ..web import ws
-from ..web.keys import COMMANDS, METRICS, SETTINGS
+from ..web.keys import COMMANDS, ENGINE, METRICS, SETTINGS, STAGES
 from ..web.transcript import session_turns
 from .access import OPERATOR
 from .feed import CallFeed
@@ -37,6 +38,7 @@ from .feed import CallFeed
 log = structlog.get_logger("callagent.console")
 
 MAX_FRAMES_PER_WRITE = 256
+CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 STATIC = Path(__file__).resolve().parent / "static"
 FEED = web.AppKey("console_feed", CallFeed)
 
@@ -50,7 +52,9 @@ def add_routes(app: web.Application) -> None:
 
 @routes.get("/console")
 async def page(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    # The page runs only its own files: no inline script, nothing from elsewhere.
+    headers = {"Cache-Control": "no-cache", "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
+    return web.FileResponse(STATIC / "index.html", headers=headers)
 
 
 @routes.get("/console/api/feed")
@@ -169,10 +173,8 @@ def metrics_snapshot(metrics: Metrics) -> dict[str, Any]:
     return out
 
 
-async def feed_ctx(app: web.Application) -> Any:
+async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: the call feed, hooked to the engine by its viewers (after ``engine_ctx``)."""
-    from ..web.keys import ENGINE, STAGES
-
     settings = app[SETTINGS]
     redis_url = settings.store if settings.store.startswith(("redis://", "rediss://")) else None
     call_feed = CallFeed(
