@@ -30,7 +30,7 @@ SLOW = 0.15  # seconds between the local agent's reply pieces: a turn runs about
 
 
 def settings(**changes: Any) -> Settings:
-    return Settings(upstream="local", store="memory://", **changes)
+    return Settings(**({"upstream": "local", "store": "memory://"} | changes))
 
 
 class Feed:
@@ -301,3 +301,66 @@ async def poll_metric(client: TestClient[Any, Any], name: str, value: float, dea
     while (current := await metric(client, name)) != value:
         assert time.monotonic() < give_up, f"{name} is {current}, not {value}"
         await asyncio.sleep(0.02)
+
+
+# -- failures and the softphone ---------------------------------------------------------------
+
+
+async def test_a_failed_turn_reaches_the_feed_with_its_error(
+    make_client: MakeClient, fastgpt_settings: Settings, emulator: Any
+) -> None:
+    emulator.set_fault("http500")
+    client = await make_client(fastgpt_settings)
+    viewer = await open_feed(client, key=None)
+    await client.post("/chat", json=body("fails", text="喂"))
+    end = await viewer.until(lambda m: m["type"] == "end")
+    assert end["status"] == "failed" and end["error"]["type"] == "upstream_error"
+    fallback = "".join(m["text"] for m in viewer.seen if m["type"] == "delta")
+    assert fallback == fastgpt_settings.fallback_text  # what the caller heard instead
+    summary = await viewer.until(lambda m: m["type"] == "call")
+    assert summary["state"] == "failed"
+    turns = (await (await client.get("/transcript?sessionId=fails")).json())["turns"]
+    assert turns[0]["status"] == "failed" and turns[0]["errorType"] == "upstream_error"
+    viewer.response.close()
+
+
+async def test_the_softphone_socket_needs_a_console_key(console: TestClient[Any, Any], feed: Feed) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await console.ws_connect(f"/console/api/ws?token={GATEWAY_KEY}")
+    assert refused.value.status == 401
+    ws = await console.ws_connect(f"/console/api/ws?token={CONSOLE_KEY}")
+    await ws.send_json({"type": "start", "sessionId": "phone-1"})
+    assert (await ws.receive_json(timeout=5))["type"] == "ack"
+    await ws.send_json({"type": "chat", "text": "喂"})
+    while (message := await ws.receive_json(timeout=5))["type"] != "done":
+        pass
+    assert message["status"] == "completed"
+    started = await feed.until(lambda m: m["type"] == "turn")
+    assert started["session"] == "phone-1" and started["transport"] == "ws"
+    await ws.close()
+
+
+# -- several instances through Redis ----------------------------------------------------------
+
+
+async def test_instances_sharing_redis_share_the_feed(make_client: MakeClient, redis_url: str) -> None:
+    a = await make_client(settings(store=redis_url, local_chunk_delay=0.01))
+    b = await make_client(settings(store=redis_url, local_chunk_delay=0.01))
+    await b.post("/chat", json=body("on-b-before", text="喂"))  # nobody watches yet
+    viewer = await open_feed(a, key=None)
+    # B hears that A has a viewer (through Redis) and starts observing its turns.
+    give_up = time.monotonic() + 5
+    while b.app[ENGINE].observer is None:
+        assert time.monotonic() < give_up, "B never heard that A has a viewer"
+        await asyncio.sleep(0.01)
+    await b.post("/chat", json=body("on-b", text="喂"))
+    started = await viewer.until(lambda m: m["type"] == "turn")
+    assert started["session"] == "on-b"
+    end = await viewer.until(lambda m: m["type"] == "end")
+    assert end["session"] == "on-b" and end["status"] == "completed"
+    # A second viewer gets the calls B knows (a sync through Redis), with its turn count.
+    late = await open_feed(a, key=None)
+    summary = await late.until(lambda m: m["type"] == "call" and m["session"] == "on-b")
+    assert summary["state"] == "waiting" and summary["turns"] == 1
+    viewer.response.close()
+    late.response.close()

@@ -29,6 +29,7 @@ import asyncio
 import os
 import socket
 import time
+import uuid
 from collections import OrderedDict
 from contextlib import suppress
 from dataclasses import asdict, dataclass
@@ -108,7 +109,8 @@ class CallFeed:
     ) -> None:
         self.engine = engine
         self.stages = stages
-        self.instance = instance_name()
+        self.instance = instance_name()  # shown to viewers
+        self._origin = uuid.uuid4().hex  # tells this feed's own Redis messages apart
         self.buffer = buffer
         self.viewers: set[Viewer] = set()
         self.calls: OrderedDict[str, CallSummary] = OrderedDict()
@@ -321,7 +323,7 @@ class CallFeed:
             if not batch:
                 continue
             try:
-                await self._redis.publish(CHANNEL, orjson.dumps({"origin": self.instance, "messages": batch}))
+                await self._redis.publish(CHANNEL, orjson.dumps({"origin": self._origin, "messages": batch}))
             except (RedisError, OSError) as e:
                 log.warning("console_feed_not_published", error=str(e), messages=len(batch))
 
@@ -356,7 +358,7 @@ class CallFeed:
             return
         for message in messages:
             kind = message.get("type")
-            if kind == "watch" and origin != self.instance:
+            if kind == "watch" and origin != self._origin:
                 self._remote_until = asyncio.get_running_loop().time() + WATCH_TTL
                 self._attach()
             elif kind == "sync":
