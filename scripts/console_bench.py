@@ -6,7 +6,8 @@ holds ``--viewers`` console feeds open and reads every message they get. The fig
 callagent process's CPU time (utime + stime from ``/proc/<pid>/stat``) per turn. Phases
 alternate (closed, watched, closed, watched, ...) ``--rounds`` times so machine noise hits both
 alike; the median of each is reported, with what the viewers received (every text piece of
-every turn should reach every viewer).
+every turn should reach every viewer) and how much later than the gateway a viewer learnt
+that a turn ended (``feed_lag_ms``: p50, p99, max).
 
     python -m scripts.console_bench                     # in-process feed (memory store)
     python -m scripts.console_bench --store redis://127.0.0.1:6379/0   # the feed through Redis
@@ -102,7 +103,7 @@ def processes(store: str, log_dir: Path, app_root: Path = ROOT) -> Iterator[tupl
             process.wait(10)
 
 
-async def call(http: aiohttp.ClientSession, base: str, session: str, turns: int) -> int:
+async def call(http: aiohttp.ClientSession, base: str, session: str, turns: int, done_at: dict[str, float]) -> int:
     """One call: ``turns`` streamed turns back to back; the text pieces it received."""
     pieces = 0
     for _ in range(turns):
@@ -111,15 +112,22 @@ async def call(http: aiohttp.ClientSession, base: str, session: str, turns: int)
             async for event in read_events(response):
                 if event.event == b"text_delta":
                     pieces += 1
+                elif event.event == b"done":
+                    done_at[orjson.loads(event.data)["turnId"]] = time.monotonic()
     return pieces
 
 
-async def viewer(http: aiohttp.ClientSession, base: str, counts: dict[str, int], ready: asyncio.Event) -> None:
+async def viewer(
+    http: aiohttp.ClientSession, base: str, counts: dict[str, int], ready: asyncio.Event, end_at: dict[str, float]
+) -> None:
     async with http.get(f"{base}/console/api/feed") as response:
         ready.set()
         async for event in read_events(response):
-            kind = orjson.loads(event.data)["type"]
+            message = orjson.loads(event.data)
+            kind = message["type"]
             counts[kind] = counts.get(kind, 0) + 1
+            if kind == "end":
+                end_at.setdefault(message["turnId"], time.monotonic())
 
 
 async def phase(base: str, pid: int, turns: int, concurrency: int, viewers: int, tag: str) -> dict[str, Any]:
@@ -127,12 +135,14 @@ async def phase(base: str, pid: int, turns: int, concurrency: int, viewers: int,
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as http:
         counts: list[dict[str, int]] = [{} for _ in range(viewers)]
         readies = [asyncio.Event() for _ in range(viewers)]
-        watchers = [asyncio.create_task(viewer(http, base, c, r)) for c, r in zip(counts, readies, strict=True)]
+        done_at: dict[str, float] = {}  # turn id -> the gateway read its `done`
+        end_at: dict[str, float] = {}  # turn id -> the first viewer read its `end`
+        watchers = [asyncio.create_task(viewer(http, base, c, r, end_at)) for c, r in zip(counts, readies, strict=True)]
         await asyncio.gather(*(r.wait() for r in readies))
-        await call(http, base, f"{tag}-warm", 1)  # a first turn: hooks (or unhooks) the feed
+        await call(http, base, f"{tag}-warm", 1, {})  # a first turn: hooks (or unhooks) the feed
         per_call = max(1, turns // concurrency)
         before, started = cpu_seconds(pid), time.perf_counter()
-        pieces = await asyncio.gather(*(call(http, base, f"{tag}-{n}", per_call) for n in range(concurrency)))
+        pieces = await asyncio.gather(*(call(http, base, f"{tag}-{n}", per_call, done_at) for n in range(concurrency)))
         cpu, wall = cpu_seconds(pid) - before, time.perf_counter() - started
         done = per_call * concurrency
         await asyncio.sleep(0.2)  # let the viewers read what is in flight before they hang up
@@ -145,6 +155,8 @@ async def phase(base: str, pid: int, turns: int, concurrency: int, viewers: int,
         "turns_per_s": done / wall,
         "text_pieces": sum(pieces),
         "viewer_deltas": [c.get("delta", 0) for c in counts],
+        # How much later a viewer learnt that a turn ended than its gateway did (negative: earlier).
+        "feed_lag_ms": sorted((end_at[t] - done_at[t]) * 1000 for t in done_at if t in end_at),
     }
 
 
@@ -175,6 +187,7 @@ def run(
     closed = statistics.median(r["cpu_ms_per_turn"] for r in results["closed"])
     watched = statistics.median(r["cpu_ms_per_turn"] for r in results["watched"]) if viewers else closed
     pieces = [r["text_pieces"] for r in results["watched"]]
+    lags = sorted(lag for r in results["watched"] for lag in r["feed_lag_ms"])
     delivered = [min(r["viewer_deltas"]) for r in results["watched"]]
     return {
         "store": store.split(":", 1)[0],
@@ -188,6 +201,9 @@ def run(
         "cpu_ms_per_turn_closed_rounds": [round(r["cpu_ms_per_turn"], 3) for r in results["closed"]],
         "cpu_ms_per_turn_watched_rounds": [round(r["cpu_ms_per_turn"], 3) for r in results["watched"]],
         # Every viewer should get every text piece of the measured turns (plus the warm-up's).
+        "feed_lag_ms_p50": round(lags[len(lags) // 2], 2) if lags else None,
+        "feed_lag_ms_p99": round(lags[int(len(lags) * 0.99)], 2) if lags else None,
+        "feed_lag_ms_max": round(lags[-1], 2) if lags else None,
         "every_viewer_got_every_piece": all(d >= p for d, p in zip(delivered, pieces, strict=True))
         if viewers
         else None,
