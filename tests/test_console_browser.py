@@ -288,3 +288,9 @@ def test_overview_and_softphone(page: WebDriver) -> None:
     until(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#phone-log .line.agent")) == 1)
     until(page, lambda d: SPOKEN in d.find_element(By.CSS_SELECTOR, "#phone-log .line.agent").text)
     shot(page, "softphone")
+
+
+def test_the_page_logged_no_error(page: WebDriver) -> None:
+    # The only expected one: the first feed request, made before the key was given (401).
+    errors = [e["message"] for e in page.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]]
+    assert errors == []

@@ -108,8 +108,11 @@ async def session(request: web.Request) -> web.Response:
 
 
 async def acted(request: web.Request, session_id: str, action: str, **detail: Any) -> web.Response:
+    """Log who did what (a variable's value stays out of the log: it may be the caller's data),
+    tell every viewer, answer."""
     who = request[OPERATOR]
-    log.info("console_action", who=who, action=action, session_id=session_id, **detail)
+    logged = {k: v for k, v in detail.items() if k != "value"}
+    log.info("console_action", who=who, action=action, session_id=session_id, **logged)
     request.app[FEED].action(session_id, action, who, **detail)
     return web.json_response({"sessionId": session_id, "action": action, "who": who, **detail}, dumps=dumps)
 
