@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import threading
+import urllib.request
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +42,7 @@ REPLY = "<state>1002</state>" + "您好，这里是交通事故快处服务，�
 SPOKEN = "您好，这里是交通事故"
 CHUNK_DELAY = 0.08  # four characters a chunk: a reply streams for about two seconds
 WAIT = 8.0
+FALLBACK = "抱歉，系统暂时无法处理，正在为您转接人工客服，请稍候。"
 T = TypeVar("T")
 
 
@@ -266,6 +268,26 @@ def test_the_interrupt_button_stops_a_running_turn(page: WebDriver, cluster: Clu
     until(page, lambda d: "alice interrupted the turn" in d.find_element(By.ID, "transcript").text)
     assert caller.ended("call-a1")[-1] == "cancelled"  # the gateway got its `done`, cancelled
     assert len(reply_of_last_turn(page)) < len(REPLY) - len("<state>1002</state>")
+
+
+def test_a_failed_turn_is_shown_in_red_with_its_error(page: WebDriver, cluster: Cluster, caller: Caller) -> None:
+    fault = urllib.request.Request(
+        f"http://127.0.0.1:{cluster.ports['emulator']}/__emulator/fault",
+        data=b'{"mode": "error_before", "count": 1}',
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(fault, timeout=WAIT) as response:
+        assert response.status == 200
+    caller.chat(cluster.ports["a"], "call-a1", "喂？")
+    failed = until(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#transcript .turn.failed .agent.failed"))
+    turn = turn_nodes(page)[-1]
+    assert "upstream_error" in turn.find_element(By.CSS_SELECTOR, ".meta .error").text
+    assert turn.find_element(By.CSS_SELECTOR, ".reply").text == FALLBACK  # what the caller heard instead
+    red = "rgba(198, 40, 40, 1)"  # --bad in console.css
+    assert turn.find_element(By.CSS_SELECTOR, ".reply").value_of_css_property("color") == red
+    assert failed and turn.find_element(By.CSS_SELECTOR, ".badge.failed").text == "failed"
+    until(page, lambda d: "failed" in row(d, "call-a1").text)
+    shot(page, "failed-turn")
 
 
 def test_a_call_on_another_instance_appears_through_redis(page: WebDriver, cluster: Cluster, caller: Caller) -> None:
