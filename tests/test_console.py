@@ -364,3 +364,19 @@ async def test_instances_sharing_redis_share_the_feed(make_client: MakeClient, r
     assert summary["state"] == "waiting" and summary["turns"] == 1
     viewer.response.close()
     late.response.close()
+
+
+def test_console_keys_from_the_environment_name_their_operators() -> None:
+    from callagent.console.access import ConsoleAccess
+
+    loaded = Settings.from_env({"CALLAGENT_CONSOLE_KEYS": " alice:k-one , k-two ", "CALLAGENT_HOST": "0.0.0.0"}, None)
+    assert "k-one" not in repr(loaded)  # secrets stay out of reprs and logs
+    access = ConsoleAccess.from_settings(loaded)
+    assert access.enabled
+    assert [access.operator(k) for k in ("k-one", "k-two", "alice:k-one", "", "k-three")] == [
+        "alice", "key-2", None, None, None,
+    ]  # fmt: skip
+    closed = ConsoleAccess.from_settings(Settings.from_env({"CALLAGENT_HOST": "0.0.0.0"}, None))
+    assert not closed.enabled and closed.operator("") is None
+    with pytest.raises(ValueError, match="CALLAGENT_CONSOLE_VIEWER_BUFFER"):
+        Settings.from_env({"CALLAGENT_CONSOLE_VIEWER_BUFFER": "0"}, None)
