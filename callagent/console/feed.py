@@ -56,6 +56,7 @@ MAX_CALLS = 500  # call summaries kept per instance (the most recently active on
 MAX_PENDING = 10_000  # messages waiting for the publisher; beyond that the console loses some
 RETRY_PAUSE = 0.5
 STORE_TIMEOUT = 2.0
+REDIS_TIMEOUT = 2.0
 
 
 def instance_name() -> str:
@@ -135,7 +136,14 @@ class CallFeed:
 
     async def open(self) -> None:
         if self._redis_url is not None:
-            self._redis = Redis.from_url(self._redis_url, socket_connect_timeout=2.0, socket_keepalive=True)
+            # As the store's client: a hung Redis fails a publish in seconds instead of holding it.
+            self._redis = Redis.from_url(
+                self._redis_url,
+                socket_connect_timeout=REDIS_TIMEOUT,
+                socket_timeout=REDIS_TIMEOUT,
+                socket_keepalive=True,
+                health_check_interval=15,
+            )
             self._spawn(self._listen(), "console-feed-listener")
             self._spawn(self._publish_loop(), "console-feed-publisher")
 
