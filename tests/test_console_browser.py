@@ -204,6 +204,15 @@ def until(driver: WebDriver, condition: Any, timeout: float = WAIT) -> Any:
     return wait.until(condition)
 
 
+# One atomic read of the transcript's last turn (the page re-renders a turn on every delta).
+LAST_TURN_STATE = """
+const turns = document.querySelectorAll('#transcript .turn');
+if (!turns.length) return null;
+const last = turns[turns.length - 1];
+return {turns: turns.length, cls: last.className, reply: last.querySelector('.reply').textContent};
+"""
+
+
 def row(driver: WebDriver, session: str) -> Any:
     rows = driver.find_elements(By.CSS_SELECTOR, f'#calls tr[data-session="{session}"]')
     return rows[0] if rows else None
@@ -234,16 +243,17 @@ def test_deltas_stream_into_the_transcript(page: WebDriver, cluster: Cluster, ca
     until(page, lambda d: row(d, "call-a1")).click()
     until(page, lambda d: len(turn_nodes(d)) == 1)
     caller.chat(cluster.ports["a"], "call-a1", "方便")
-    until(page, lambda d: len(turn_nodes(d)) == 2 and reply_of_last_turn(d))
-    first_seen = reply_of_last_turn(page)
-    # Still the same running turn, with more of its reply: it grows as the deltas arrive.
-    until(
-        page,
-        lambda d: (
-            len(reply_of_last_turn(d)) > len(first_seen) and "running" in turn_nodes(d)[-1].get_attribute("class")
-        ),
-    )
-    until(page, lambda d: "completed" in turn_nodes(d)[-1].get_attribute("class"))
+    # Watch the running turn until it completes: its reply must be seen growing meanwhile.
+    seen_running: set[str] = set()
+
+    def completed(d: WebDriver) -> bool:
+        state = d.execute_script(LAST_TURN_STATE)
+        if state and "running" in state["cls"] and state["reply"]:
+            seen_running.add(state["reply"])
+        return bool(state) and state["turns"] == 2 and "completed" in state["cls"]
+
+    until(page, completed)
+    assert len(seen_running) >= 2, seen_running  # at least two different lengths while it ran
     assert reply_of_last_turn(page) == REPLY.removeprefix("<state>1002</state>")
     assert page.find_elements(By.CSS_SELECTOR, "#latency svg rect.bar")  # the latency chart drew the turns
     shot(page, "call")
