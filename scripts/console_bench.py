@@ -61,11 +61,15 @@ def wait_http(port: int, path: str, process: subprocess.Popen[bytes], deadline: 
 
     give_up = time.monotonic() + deadline
     while True:
-        with contextlib.suppress(OSError):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
             conn.request("GET", path)
             if conn.getresponse().status == 200:
                 return
+        except OSError:
+            pass
+        finally:
+            conn.close()
         if process.poll() is not None or time.monotonic() > give_up:
             raise RuntimeError(f"nothing answered GET {path} on port {port}")
         time.sleep(0.05)
