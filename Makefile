@@ -1,12 +1,12 @@
 # callagent: `make run` starts the server on the embedded defaults, `make test` passes every test.
-# Both set everything up first (a virtualenv in .venv, and redis-server for the tests).
+# Both set everything up first (a virtualenv in .venv, and redis-server and Chromium for the tests).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-min bench lint redis-server clean
+.PHONY: install run test test-min bench lint redis-server chromium clean
 
 install: $(STAMP)
 
@@ -28,7 +28,16 @@ redis-server:
 	    echo "redis-server is missing: install it (apt-get install redis-server) to run the Redis tests" >&2; exit 1; \
 	  fi; }
 
-test: install redis-server
+# The console's browser tests drive headless Chromium through chromedriver; install both when missing.
+chromium:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei >/dev/null; \
+	  else \
+	    echo "chromium is missing: install it (apt-get install chromium chromium-driver) to run the console's browser tests" >&2; exit 1; \
+	  fi; }
+
+test: install redis-server chromium
 	$(BIN)/python -m pytest -q
 
 # The suite again on the lowest versions setup.cfg admits, so the declared bounds stay true.

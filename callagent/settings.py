@@ -59,6 +59,9 @@ class Settings:
     silence_text: str = "（来电者没有说话）"
     store: str = "sqlite:///var/callagent.db"
     api_keys: tuple[Secret, ...] = ()
+    # Keys of the operator console (``name:key`` names the operator in the action log).
+    console_keys: tuple[Secret, ...] = ()
+    console_viewer_buffer: int = 1000  # feed chunks queued for one console viewer before it is dropped
     connect_timeout: float = 3.0
     first_token_timeout: float = 10.0
     idle_timeout: float = 15.0
@@ -104,6 +107,7 @@ class Settings:
         for name in ("fastgpt_api_key", "dify_api_key", "openai_api_key", "twilio_auth_token"):
             object.__setattr__(self, name, Secret(str.__str__(getattr(self, name))))
         object.__setattr__(self, "api_keys", tuple(Secret(str.__str__(k)) for k in self.api_keys))
+        object.__setattr__(self, "console_keys", tuple(Secret(str.__str__(k)) for k in self.console_keys))
         _validate(self)
 
     @classmethod
@@ -252,7 +256,7 @@ def _validate(s: Settings) -> None:
     for name in ("twilio_transfer_stages", "twilio_hangup_stages"):
         if not re.fullmatch(r"([0-9A-Za-z]{1,16}(,[0-9A-Za-z]{1,16})*)?", getattr(s, name).replace(" ", "")):
             fail(f"CALLAGENT_{name.upper()}", "must be a comma-separated list of stage codes")
-    for name in ("max_text_chars", "max_body_bytes", "ws_send_queue", "transcript_ttl"):
+    for name in ("max_text_chars", "max_body_bytes", "ws_send_queue", "transcript_ttl", "console_viewer_buffer"):
         if getattr(s, name) < 1:
             fail(f"CALLAGENT_{name.upper()}", "must be >= 1")
 

@@ -31,7 +31,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -59,6 +59,19 @@ DRAIN_TIMEOUT = 5.0
 """How long a finished turn keeps reading the upstream for its end-of-stream bookkeeping."""
 DRAIN_WAIT = 2.0
 """How much longer that reading may go on once a new turn of the session waits for it."""
+
+
+class TurnObserver(Protocol):
+    """Watches turns for the operator console (``callagent.console.feed``).
+
+    The engine holds one only while someone watches; with none, a turn pays one attribute
+    check per event. The calls must not block or raise: they run inside the turn.
+    """
+
+    def turn_started(self, turn: Turn) -> None: ...
+
+    def turn_event(self, turn: Turn, event: Event) -> None: ...
+
 
 @dataclass(slots=True)
 class TurnRequest:
@@ -88,11 +101,14 @@ class Turn:
         self.ended = False  # the terminal event was emitted
         self._ended_event: asyncio.Event | None = None  # made only when someone waits for it
         self._drain_deadline: asyncio.Timeout | None = None
+        self.observer: TurnObserver | None = None  # the console's feed, while someone watches
 
     def __repr__(self) -> str:
         return f"Turn({self.id!r}, session={self.session_id!r})"
 
     def emit(self, event: Event) -> None:
+        if self.observer is not None:
+            self.observer.turn_event(self, event)
         self._queue.put_nowait(event)
         if isinstance(event, TERMINAL):
             self.ended = True
@@ -171,6 +187,7 @@ class TurnEngine:
         self.metrics = metrics or Metrics()
         self._running: dict[str, Turn] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.observer: TurnObserver | None = None  # set by the console's feed while someone watches
         self.lease_ttl = settings.connect_timeout + max(settings.first_token_timeout, settings.idle_timeout) + 5
         store.on_cancel(self._on_remote_cancel)
 
@@ -183,6 +200,9 @@ class TurnEngine:
         if prior is not None:
             prior.cancel()
         self._running[request.session_id] = turn
+        if self.observer is not None:
+            turn.observer = self.observer
+            self.observer.turn_started(turn)
         turn.task = asyncio.create_task(self._run(turn, prior), name=f"turn-{turn.id}")
         self._tasks.add(turn.task)
         turn.task.add_done_callback(self._tasks.discard)
@@ -203,6 +223,9 @@ class TurnEngine:
             if not turn.ended:
                 turn.cancel()
                 await asyncio.shield(turn.wait())
+
+    def running_turns(self) -> list[Turn]:
+        return [turn for turn in self._running.values() if not turn.done]
 
     def running(self, session_id: str) -> Turn | None:
         turn = self._running.get(session_id)

@@ -17,6 +17,8 @@ from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Middleware
 
 from ..commands import SessionCommands
+from ..console import views as console
+from ..console.access import ConsoleAccess
 from ..events import dumps
 from ..metrics import Metrics
 from ..settings import ConfigError, Settings
@@ -24,14 +26,14 @@ from ..stages import StageTable
 from ..store import create_store
 from ..turns import TurnEngine
 from ..upstream.base import Upstream
-from . import conversation_relay, http, openapi, twilio, ws
+from . import conversation_relay, http, openapi, transcript, twilio, ws
 from .keys import COMMANDS, ENGINE, METRICS, SETTINGS, SOCKETS, STAGES, STORE, UPSTREAM
-from .middlewares import add_request_id, api_key_auth, json_errors, request_context
+from .middlewares import add_request_id, api_key_auth, console_auth, json_errors, request_context
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
-    middlewares: list[Middleware] = [request_context, json_errors]
+    middlewares: list[Middleware] = [request_context, json_errors, console_auth(ConsoleAccess.from_settings(settings))]
     if settings.api_keys:
         # A Twilio signature, when checked, authenticates the Twilio routes instead of a key.
         signed = twilio.PATHS if settings.twilio_auth_token else frozenset()
@@ -43,14 +45,17 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[SOCKETS] = weakref.WeakSet()
     if settings.upstream == "local":
         app[UPSTREAM] = local_agent(settings)
-    app.cleanup_ctx.extend([store_ctx, upstream_ctx, engine_ctx])
+    app.cleanup_ctx.extend([store_ctx, upstream_ctx, engine_ctx, console.feed_ctx])
     app.on_shutdown.append(drain_then_close_sockets)
+    app.on_shutdown.append(console.disconnect_viewers)
     app.on_response_prepare.append(add_request_id)
     app.router.add_routes(http.routes)
     app.router.add_get("/ws", ws.websocket)
     app.router.add_routes(twilio.routes)
     app.router.add_get(twilio.RELAY_PATH, conversation_relay.websocket)
     app.router.add_get("/openapi.json", openapi.serve)
+    app.router.add_get("/transcript", transcript.transcript)
+    console.add_routes(app)
     return app
 
 

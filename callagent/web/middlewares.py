@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from ..console.access import OPERATOR, ConsoleAccess
 from ..errors import CallagentError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from ..events import dumps
 
@@ -86,7 +87,7 @@ def api_key_auth(keys: tuple[str, ...], open_paths: frozenset[str] = frozenset()
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in unchecked:
+        if request.path in unchecked or is_console(request.path):
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -96,3 +97,32 @@ def api_key_auth(keys: tuple[str, ...], open_paths: frozenset[str] = frozenset()
         return await handler(request)
 
     return auth
+
+
+def is_console(path: str) -> bool:
+    return path == "/console" or path.startswith("/console/")
+
+
+def console_auth(access: ConsoleAccess) -> Middleware:
+    """The console's own gate: absent when disabled, a console key on every ``/console/api/`` route.
+
+    The gateway's API keys do not open it, and console keys open nothing else.
+    """
+
+    @web.middleware
+    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not is_console(request.path):
+            return await handler(request)
+        if not access.enabled:
+            raise NotFound(f"no route {request.method} {request.path}")
+        if request.path.startswith("/console/api/"):
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                token = request.query.get("token", "")
+            who = access.operator(token)
+            if who is None:
+                raise Unauthorized("missing or invalid console key")
+            request[OPERATOR] = who
+        return await handler(request)
+
+    return gate
