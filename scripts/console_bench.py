@@ -81,10 +81,10 @@ def processes(store: str, log_dir: Path, app_root: Path = ROOT) -> Iterator[tupl
     emulator_port, port = free_port(), free_port()
     started: list[subprocess.Popen[bytes]] = []
     try:
-        emulator = [sys.executable, str(ROOT / "scripts" / "fastgpt_emulator.py"), "--port", str(emulator_port)]
+        emulator = [sys.executable, "-m", "scripts.emulators.fastgpt", "--port", str(emulator_port)]
         emulator += ["--reply", REPLY, "--heartbeat", "60"]
         with (log_dir / "emulator.log").open("wb") as log:
-            started.append(subprocess.Popen(emulator, stdout=log, stderr=subprocess.STDOUT))
+            started.append(subprocess.Popen(emulator, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
         wait_http(emulator_port, "/__emulator/streams", started[-1])
         env = os.environ | {
             "CALLAGENT_STORE": store,
