@@ -107,9 +107,9 @@ class Cluster:
     def start(self) -> None:
         self.redis.start()
         emulator = free_port()
-        args = [sys.executable, str(ROOT / "scripts" / "fastgpt_emulator.py"), "--port", str(emulator)]
+        args = [sys.executable, "-m", "scripts.emulators.fastgpt", "--port", str(emulator)]
         args += ["--chunk-delay", str(CHUNK_DELAY), "--reply", REPLY]
-        self._start("emulator", emulator, args, {}, "/__emulator/streams")
+        self._start("emulator", emulator, args, {"PYTHONPATH": str(ROOT)}, "/__emulator/streams")
         env = {
             "CALLAGENT_STORE": self.redis.url,
             "CALLAGENT_UPSTREAM": "fastgpt",
@@ -291,7 +291,7 @@ def test_a_failed_turn_is_shown_in_red_with_its_error(page: WebDriver, cluster: 
     caller.chat(cluster.ports["a"], "call-a1", "喂？")
     failed = until(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#transcript .turn.failed .agent.failed"))
     turn = turn_nodes(page)[-1]
-    assert "upstream_error" in turn.find_element(By.CSS_SELECTOR, ".meta .error").text
+    assert "upstream_quota" in turn.find_element(By.CSS_SELECTOR, ".meta .error").text  # "账号余额不足"
     assert turn.find_element(By.CSS_SELECTOR, ".reply").text == FALLBACK  # what the caller heard instead
     red = "rgba(198, 40, 40, 1)"  # --bad in console.css
     assert turn.find_element(By.CSS_SELECTOR, ".reply").value_of_css_property("color") == red
