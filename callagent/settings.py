@@ -64,6 +64,11 @@ class Settings:
     sse_send_timeout: float = 15.0
     max_text_chars: int = 4000
     max_body_bytes: int = 64 * 1024
+    # The OpenAI-compatible route: platforms send the whole history and tool schemas each time.
+    openai_max_body_bytes: int = 1024 * 1024
+    openai_keepalive: float = 2.5  # seconds between keep-alive comments on its streams
+    openai_model: str = "callagent"  # the model id GET /v1/models lists
+    tools_file: str = ""
     ws_send_queue: int = 256
     ws_heartbeat: float = 20.0
     shutdown_timeout: float = 10.0
@@ -191,6 +196,7 @@ def _validate(s: Settings) -> None:
         "sse_ping_interval",
         "ws_heartbeat",
         "shutdown_timeout",
+        "openai_keepalive",
     ):
         if not getattr(s, name) > 0:
             fail(f"CALLAGENT_{name.upper()}", "must be a positive number of seconds")
@@ -204,6 +210,8 @@ def _validate(s: Settings) -> None:
         fail("CALLAGENT_LOG_FORMAT", "must be 'console', 'json' or 'auto'")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         fail("CALLAGENT_LOG_LEVEL", "must be debug, info, warning or error")
-    for name in ("max_text_chars", "max_body_bytes", "ws_send_queue", "transcript_ttl"):
+    if not s.openai_model:
+        fail("CALLAGENT_OPENAI_MODEL", "must not be empty")
+    for name in ("max_text_chars", "max_body_bytes", "openai_max_body_bytes", "ws_send_queue", "transcript_ttl"):
         if getattr(s, name) < 1:
             fail(f"CALLAGENT_{name.upper()}", "must be >= 1")

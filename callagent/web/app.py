@@ -23,7 +23,7 @@ from ..stages import StageTable
 from ..store import create_store
 from ..turns import TurnEngine
 from ..upstream.base import Upstream
-from . import http, openapi, ws
+from . import http, openai_compat, openapi, ws
 from .keys import COMMANDS, ENGINE, METRICS, SETTINGS, SOCKETS, STAGES, STORE, UPSTREAM
 from .middlewares import add_request_id, api_key_auth, json_errors, request_context
 
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_routes(http.routes)
     app.router.add_get("/ws", ws.websocket)
     app.router.add_get("/openapi.json", openapi.serve)
+    openai_compat.setup(app)
     return app
 
 
