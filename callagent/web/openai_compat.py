@@ -7,10 +7,10 @@ A codec over the session-command layer like every transport: the request is deco
 
 What the real clients need, and how it is met:
 
-- Barge-in is the platform closing the stream. aiohttp notices a closed connection only when
-  it writes (this app does not enable handler cancellation), so each request of this route
-  watches its transport and cancels its own handler when the client goes: the turn is
-  cancelled and the upstream closed at once, also before the upstream's first byte.
+- Barge-in is the platform closing the stream. The server runs with aiohttp's handler
+  cancellation (``__main__``, and the test server), so the handler is cancelled the moment the
+  connection is lost, whatever it awaits: leaving ``commands.turn`` cancels the turn, which
+  closes the upstream response, also before the upstream's first byte.
 - LiveKit Agents drops a request that sent nothing for 10 s and retries it: the role chunk
   goes out at once and a keep-alive comment every ``CALLAGENT_OPENAI_KEEPALIVE`` seconds.
   A retry carries the same messages as the attempt before it (``RecentRequests``): a
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import structlog
@@ -53,8 +53,6 @@ log = structlog.get_logger("callagent.openai")
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 MODEL_PATHS = ("/v1/models", "/models")
-CLOSE_POLL = 0.02
-"""Seconds between looks at the client's connection: a barge-in is acted on within this."""
 RECENT_SESSIONS = 10_000
 
 
@@ -111,37 +109,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     structlog.contextvars.bind_contextvars(session_id=chat.session_id)
     if chat.session_source == "derived":
         log.warning("openai_session_derived", reason="the request names no session; set X-Callagent-Session")
-    with cancelled_on_close(request):
-        turn_id = await _prepare(request.app, chat)
-        reply = Reply(turn_id=turn_id, prompt_chars=len(chat.utterance))
-        encoder = CompletionEncoder(f"chatcmpl-{turn_id or new_turn_id()}", chat.model or settings.openai_model)
-        pieces = _reply_text(request.app, chat, reply)
-        if chat.stream:
-            return await _stream(request, chat, encoder, reply, pieces)
-        async with aclosing(pieces):
-            async for piece in pieces:
-                reply.text.append(piece)
-        return web.json_response(encoder.completion(reply), dumps=dumps)
-
-
-@contextmanager
-def cancelled_on_close(request: web.Request) -> Iterator[None]:
-    """Cancel the handler the moment the client's connection closes (see the module docstring)."""
-    handler = asyncio.current_task()
-    assert handler is not None
-    watcher = asyncio.create_task(_watch_connection(request, handler), name="openai-close-watch")
-    try:
-        yield
-    finally:
-        watcher.cancel()
-
-
-async def _watch_connection(request: web.Request, handler: asyncio.Task[object]) -> None:
-    transport = request.transport
-    # No event tells of a closed transport: look at it often enough for a barge-in.
-    while transport is not None and not transport.is_closing():  # noqa: ASYNC110
-        await asyncio.sleep(CLOSE_POLL)
-    handler.cancel()
+    turn_id = await _prepare(request.app, chat)
+    reply = Reply(turn_id=turn_id, prompt_chars=len(chat.utterance))
+    encoder = CompletionEncoder(f"chatcmpl-{turn_id or new_turn_id()}", chat.model or settings.openai_model)
+    pieces = _reply_text(request.app, chat, reply)
+    if chat.stream:
+        return await _stream(request, chat, encoder, reply, pieces)
+    async with aclosing(pieces):
+        async for piece in pieces:
+            reply.text.append(piece)
+    return web.json_response(encoder.completion(reply), dumps=dumps)
 
 
 # -- before the reply -----------------------------------------------------------------------
@@ -176,14 +153,18 @@ async def _prepare(app: web.Application, chat: ChatRequest) -> str | None:
 
 
 async def _note_heard(app: web.Application, chat: ChatRequest) -> None:
-    """Record what the caller heard of the previous reply, when the history shows it cut short."""
+    """Record what the caller heard of the previous reply, when the history shows it cut short:
+    the platform's assistant message is a strict prefix of the reply (or absent), or the reply
+    was cancelled."""
     if chat.previous_utterance is None or chat.heard is None:
         return
     record = await app[STORE].last_turn(chat.session_id)
     if record is None or record.spoken_text is not None or record.caller_text != chat.previous_utterance:
         return
     said, heard = record.reply_text.strip(), chat.heard.strip()
-    if said and heard != said and said.startswith(heard):
+    # A cancelled reply was cut short even when the platform kept all it received.
+    cut_short = heard != said or record.status == "cancelled"
+    if said and cut_short and said.startswith(heard):
         await app[COMMANDS].record_heard(chat.session_id, heard, record.turn_id)
         log.info("openai_reply_cut_short", turn_id=record.turn_id, heard_chars=len(heard), said_chars=len(said))
 
