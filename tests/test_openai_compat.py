@@ -83,7 +83,7 @@ class Call:
         self.messages.append({"role": "user", "content": text})
         extension: dict[str, Any] = {}
         async with self.oa.chat.completions.stream(
-            model="callagent", messages=self.messages, tools=self.tools, extra_headers=self.headers  # type: ignore[arg-type]
+            model="callagent", messages=self.messages, tools=self.tools, extra_headers=self.headers
         ) as stream:
             async for event in stream:
                 if event.type == "chunk" and event.chunk.model_extra and "callagent" in event.chunk.model_extra:
@@ -130,8 +130,12 @@ async def test_a_whole_intake_call_ends_in_the_hang_up_tool(client: Any, sdk: Sd
     (tool_call,) = choice.message.tool_calls or []
     assert tool_call.function.name == "end_call"
     assert tool_call.function.parsed_arguments == {"stageCode": "0000", "stage": "结束通话"}
-    assert extension == {"turnId": final.id.removeprefix("chatcmpl-"), "stageCode": "0000", "stage": "结束通话",
-                         "stageCodes": ["0000"]}
+    assert extension == {
+        "turnId": final.id.removeprefix("chatcmpl-"),
+        "stageCode": "0000",
+        "stage": "结束通话",
+        "stageCodes": ["0000"],
+    }
     assert len(await transcript(client, "oa-happy")) == 10
     info = await (await client.get("/get_info", params={"sessionId": "oa-happy"})).json()
     assert info["info"]["hphm1"] == "沪A8939" and info["info"]["sgdd"] == "中山路和人民路路口"
@@ -141,16 +145,18 @@ async def test_injury_transfers_with_the_schema_s_required_parameter(client: Any
     oa = sdk(client)
     headers = {"X-Callagent-Session": "oa-injury"}
     messages: list[Any] = [SYSTEM, {"role": "user", "content": "喂"}]
-    first = await oa.chat.completions.create(model="x", messages=messages, tools=TOOLS, extra_headers=headers)  # type: ignore[arg-type]
-    messages += [{"role": "assistant", "content": first.choices[0].message.content},
-                 {"role": "user", "content": "有人受伤了，流了很多血"}]
-    reply = await oa.chat.completions.create(model="x", messages=messages, tools=TOOLS, extra_headers=headers)  # type: ignore[arg-type]
+    first = await oa.chat.completions.create(model="x", messages=messages, tools=TOOLS, extra_headers=headers)
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "有人受伤了，流了很多血"},
+    ]
+    reply = await oa.chat.completions.create(model="x", messages=messages, tools=TOOLS, extra_headers=headers)
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls" and "120" in (choice.message.content or "")
     (tool_call,) = choice.message.tool_calls or []
-    assert tool_call.function.name == "transfer_call"  # type: ignore[union-attr]
+    assert tool_call.function.name == "transfer_call"
     stage = "有人伤转接人工"
-    assert json.loads(tool_call.function.arguments) == {"stageCode": "0003", "stage": stage, "reason": stage}  # type: ignore[union-attr]
+    assert json.loads(tool_call.function.arguments) == {"stageCode": "0003", "stage": stage, "reason": stage}
     assert reply.model_extra and reply.model_extra["callagent"]["stageCode"] == "0003"
 
 
@@ -160,10 +166,10 @@ async def test_a_platform_s_own_tool_names_are_matched(client: Any, sdk: Sdk) ->
     end_call = {"type": "function", "function": {"name": "endCall", "parameters": {"type": "object"}}}
     for tools, expected in (([end_call], "endCall"), ([], None)):
         reply = await oa.chat.completions.create(
-            model="x", messages=[{"role": "user", "content": "我现在不方便"}], tools=tools, user=f"vapi-{expected}"  # type: ignore[arg-type]
+            model="x", messages=[{"role": "user", "content": "我现在不方便"}], tools=tools, user=f"vapi-{expected}"
         )
         calls = reply.choices[0].message.tool_calls
-        assert (calls[0].function.name if calls else None) == expected  # type: ignore[union-attr]
+        assert (calls[0].function.name if calls else None) == expected
 
 
 async def test_stream_chunks_role_first_usage_last(client: Any, sdk: Sdk) -> None:
@@ -211,7 +217,7 @@ async def test_a_tool_result_is_answered_without_a_turn(client: Any, sdk: Sdk) -
     (tool_call,) = final.choices[0].message.tool_calls
     call.messages.append({"role": "tool", "tool_call_id": tool_call.id, "content": "say goodbye to the user"})
     reply = await call.oa.chat.completions.create(
-        model="x", messages=call.messages, tools=TOOLS, extra_headers=call.headers  # type: ignore[arg-type]
+        model="x", messages=call.messages, tools=TOOLS, extra_headers=call.headers
     )
     assert reply.choices[0].finish_reason == "stop" and not reply.choices[0].message.content
     assert not reply.choices[0].message.tool_calls
@@ -265,7 +271,7 @@ async def test_a_platform_id_that_is_no_session_id_is_mapped(client: Any) -> Non
 
 
 async def test_auth_accepts_bearer_and_bare_keys_on_these_routes_only(make_client: MakeClient, sdk: Sdk) -> None:
-    client = await make_client(Settings(upstream="local", store="memory://", api_keys=("sk-test",)))  # type: ignore[arg-type]
+    client = await make_client(Settings(upstream="local", store="memory://", api_keys=("sk-test",)))
     assert [m.id for m in (await sdk(client, api_key="sk-test").models.list()).data] == ["callagent"]
     with pytest.raises(openai.AuthenticationError) as refused:
         await sdk(client, api_key="sk-wrong").chat.completions.create(
@@ -289,12 +295,19 @@ BAD_BODIES: list[tuple[bytes, int, str, str]] = [
     (b'{"messages": [{"role": "user", "content": 5}]}', 422, "invalid_request", "messages[0].content"),
     (b'{"messages": [{"role": "user", "content": [{"type": "text"}]}]}', 422, "invalid_request", "text"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', 422, "invalid_request", "stream"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}', 422,
-     "invalid_request", "tools[0]"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "session_id": "a b"}', 422, "invalid_request",
-     "session_id"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "metadata": {"segment": "words"}}', 422,
-     "invalid_request", "segment"),
+    (
+        b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}',
+        422,
+        "invalid_request",
+        "tools[0]",
+    ),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "session_id": "a b"}', 422, "invalid_request", "session_id"),
+    (
+        b'{"messages": [{"role": "user", "content": "hi"}], "metadata": {"segment": "words"}}',
+        422,
+        "invalid_request",
+        "segment",
+    ),
 ]
 
 
@@ -372,9 +385,7 @@ async def stream_until(client: Any, session_id: str, messages: list[Any], *, con
     return resp, said
 
 
-async def test_barge_in_closes_the_upstream_and_records_what_was_heard(
-    fastgpt_client: Any, emulator: Any
-) -> None:
+async def test_barge_in_closes_the_upstream_and_records_what_was_heard(fastgpt_client: Any, emulator: Any) -> None:
     emulator.brain = fe.ScriptedBrain([LONG_REPLY, "<state>1002</state>好的。"])
     emulator.chunk_delay = 0.05
     messages: list[Any] = [SYSTEM, {"role": "user", "content": "喂"}]
@@ -404,12 +415,14 @@ async def test_a_close_before_the_first_byte_closes_the_upstream(fastgpt_client:
     assert stream.first_chunk_at is None and stream.disconnected_at - closed_at < 0.1
 
 
-async def test_a_quiet_upstream_gets_keep_alive_comments(make_client: MakeClient, fastgpt_settings: Settings,
-                                                         emulator: Any) -> None:
+async def test_a_quiet_upstream_gets_keep_alive_comments(
+    make_client: MakeClient, fastgpt_settings: Settings, emulator: Any
+) -> None:
     client = await make_client(fastgpt_settings.with_(openai_keepalive=0.05))
     emulator.first_chunk_delay = 0.3
     resp = await client.post(
-        "/v1/chat/completions", json={"model": "x", "stream": True, "messages": [{"role": "user", "content": "喂"}]},
+        "/v1/chat/completions",
+        json={"model": "x", "stream": True, "messages": [{"role": "user", "content": "喂"}]},
         headers={"X-Callagent-Session": "oa-ping"},
     )
     raw = await resp.read()
