@@ -60,7 +60,8 @@ async def sdk() -> AsyncIterator[Sdk]:
     made: list[AsyncOpenAI] = []
 
     def make(client: Any, api_key: str = "unused", **kwargs: Any) -> AsyncOpenAI:
-        oa = AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=api_key, max_retries=0, **kwargs)
+        kwargs.setdefault("max_retries", 0)
+        oa = AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=api_key, **kwargs)
         made.append(oa)
         return oa
 
@@ -448,3 +449,39 @@ async def test_a_retried_request_reaches_the_workflow_once(fastgpt_client: Any, 
     humans = [r for r in emulator.chat("oa-retry").records if r["obj"] == "Human"]
     assert len(humans) == 1
     assert [r.status for r in await transcript(fastgpt_client, "oa-retry") if not r.deleted] == ["completed"]
+
+
+async def test_a_non_streamed_request_closed_early_closes_the_upstream(fastgpt_client: Any, emulator: Any) -> None:
+    emulator.first_chunk_delay = 5
+    data = {"model": "x", "messages": [{"role": "user", "content": "喂"}]}
+    request = asyncio.create_task(
+        fastgpt_client.post("/v1/chat/completions", json=data, headers={"X-Callagent-Session": "oa-json-close"})
+    )
+    stream = await upstream_called(emulator)
+    closed_at = asyncio.get_running_loop().time()
+    request.cancel()  # the platform gave up: its connection closes
+    await asyncio.wait_for(stream.closed.wait(), 2)
+    assert stream.outcome == "disconnected" and stream.disconnected_at - closed_at < 0.1
+    async with asyncio.timeout(2):  # the cancelled turn saves its row as it ends
+        while not (rows := await transcript(fastgpt_client, "oa-json-close")):
+            await asyncio.sleep(0.005)
+    assert [r.status for r in rows] == ["cancelled"]
+
+
+async def test_without_fallback_errors_reach_the_sdk_once(
+    make_client: MakeClient, fastgpt_settings: Settings, emulator: Any, sdk: Sdk
+) -> None:
+    client = await make_client(fastgpt_settings.with_(fallback_enabled=False))
+    emulator.set_fault("http500")
+    oa = sdk(client, max_retries=2)  # the SDK's default: x-should-retry: false must stop it
+    with pytest.raises(openai.InternalServerError) as failed:
+        await oa.chat.completions.create(model="x", messages=[{"role": "user", "content": "喂"}], user="oa-nofb-1")
+    assert failed.value.status_code == 502 and failed.value.code == "upstream_error"
+    stream = await oa.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "喂"}], user="oa-nofb-2", stream=True
+    )
+    with pytest.raises(openai.APIError) as in_band:
+        async for _ in stream:
+            pass
+    assert in_band.value.code == "upstream_error" and "emulated internal error" in in_band.value.message
+    assert len(emulator.streams) == 2

@@ -43,7 +43,7 @@ from ..events import Done, Error, StageCode, TextDelta, dumps
 from ..stages import Stage
 from ..turns import TurnRequest, new_turn_id
 from . import validation as v
-from .keys import COMMANDS, SETTINGS, STAGES, STORE
+from .keys import COMMANDS, METRICS, SETTINGS, STAGES, STORE
 from .middlewares import ROUTE_FAMILIES, RouteFamily
 from .openai_compat_request import ChatRequest, parse
 from .openai_compat_tools import ToolTable
@@ -219,7 +219,7 @@ async def _stream(
     request: web.Request, chat: ChatRequest, encoder: CompletionEncoder, reply: Reply, pieces: AsyncGenerator[str, None]
 ) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    send_timeout = settings.sse_send_timeout
+    metrics = request.app[METRICS]
     async with (
         aclosing(pieces),
         sse_response(
@@ -227,31 +227,47 @@ async def _stream(
             sep="\n",
             allow_all_methods=True,
             ping_interval=settings.openai_keepalive,
-            send_timeout=send_timeout,
+            send_timeout=settings.sse_send_timeout,
         ) as sse,
     ):
+        metrics.open_streams.inc()
         try:
-            async with asyncio.timeout(send_timeout):
-                await sse.write(encoder.role())
-            try:
-                async for piece in pieces:
-                    reply.text.append(piece)
-                    async with asyncio.timeout(send_timeout):
-                        await sse.write(encoder.content(piece))
-            except CallagentError as e:
-                async with asyncio.timeout(send_timeout):
-                    await sse.write(encoder.in_band_error(e) + DONE_LINE)
-                return sse
-            tail = encoder.tool_call(reply.tool_call) if reply.tool_call is not None else b""
-            tail += encoder.final(reply)
-            if chat.include_usage:
-                tail += encoder.usage(reply)
-            async with asyncio.timeout(send_timeout):
-                await sse.write(tail + DONE_LINE)
+            await _relay(sse, chat, encoder, reply, pieces, settings.sse_send_timeout)
         except (ConnectionResetError, RuntimeError):
             pass  # the platform went away; leaving the block cancels the turn
         except TimeoutError:
             log.warning("openai_slow_consumer", reason="platform is not reading")
             if request.transport is not None:
                 request.transport.abort()
+        finally:
+            metrics.open_streams.dec()
     return sse
+
+
+async def _relay(
+    sse: web.StreamResponse,
+    chat: ChatRequest,
+    encoder: CompletionEncoder,
+    reply: Reply,
+    pieces: AsyncGenerator[str, None],
+    send_timeout: float,
+) -> None:
+    """The role chunk at once, content as it comes, then tool call, final chunk, usage, ``[DONE]``."""
+
+    async def send(data: bytes) -> None:
+        async with asyncio.timeout(send_timeout):
+            await sse.write(data)
+
+    await send(encoder.role())
+    try:
+        async for piece in pieces:
+            reply.text.append(piece)
+            await send(encoder.content(piece))
+    except CallagentError as e:
+        await send(encoder.in_band_error(e) + DONE_LINE)
+        return
+    tail = encoder.tool_call(reply.tool_call) if reply.tool_call is not None else b""
+    tail += encoder.final(reply)
+    if chat.include_usage:
+        tail += encoder.usage(reply)
+    await send(tail + DONE_LINE)

@@ -42,7 +42,7 @@ class ChatRequest:
     session_id: str
     session_source: str
     model: str
-    kind: str  # "turn" | "tool_result" | "empty"
+    kind: str  # "turn" | "tool_result" | "empty"; "replay" once known to be a retry of a completed turn
     utterance: str = ""
     previous_utterance: str | None = None  # the user message before this one
     heard: str | None = None  # callagent's previous reply as the platform recorded it
