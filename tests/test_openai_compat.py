@@ -485,3 +485,14 @@ async def test_without_fallback_errors_reach_the_sdk_once(
             pass
     assert in_band.value.code == "upstream_error" and "emulated internal error" in in_band.value.message
     assert len(emulator.streams) == 2
+
+
+async def test_a_reply_missing_from_the_history_was_not_heard(client: Any) -> None:
+    """The platform kept nothing of the reply (the caller spoke before any of it played)."""
+    headers = {"X-Callagent-Session": "oa-absent"}
+    first: list[Any] = [{"role": "user", "content": "喂"}]
+    assert (await client.post("/v1/chat/completions", json={"messages": first}, headers=headers)).status == 200
+    second = [*first, {"role": "user", "content": "方便"}]
+    assert (await client.post("/v1/chat/completions", json={"messages": second}, headers=headers)).status == 200
+    turn1, turn2 = await transcript(client, "oa-absent")
+    assert turn1.status == "completed" and turn1.spoken_text == "" and turn2.spoken_text is None
