@@ -20,7 +20,8 @@ import pytest
 import structlog
 from openai import AsyncOpenAI
 
-from callagent.settings import Settings
+from callagent.settings import ConfigError, Settings
+from callagent.web.app import create_app
 from callagent.web.keys import STORE
 
 from .conftest import MakeClient
@@ -496,3 +497,69 @@ async def test_a_reply_missing_from_the_history_was_not_heard(client: Any) -> No
     assert (await client.post("/v1/chat/completions", json={"messages": second}, headers=headers)).status == 200
     turn1, turn2 = await transcript(client, "oa-absent")
     assert turn1.status == "completed" and turn1.spoken_text == "" and turn2.spoken_text is None
+
+
+# -- the tools file -------------------------------------------------------------------------
+
+VAPI_TOOLS = """
+[actions.transfer]
+stages = ["0001", "0003"]
+patterns = ["transfercall"]
+after = "正在转接。"
+
+[actions.transfer.arguments]
+destination = "+861012345678"
+note = "{stage_code} {session_id}"
+"""
+
+
+async def test_a_tools_file_fills_the_platform_s_required_parameters(
+    make_client: MakeClient, tmp_path: Any, sdk: Sdk
+) -> None:
+    (tmp_path / "tools.toml").write_text(VAPI_TOOLS, encoding="utf-8")
+    client = await make_client(Settings(upstream="local", store="memory://", tools_file=str(tmp_path / "tools.toml")))
+    transfer = {
+        "type": "function",
+        "function": {
+            "name": "transferCall",
+            "parameters": {
+                "type": "object",
+                "properties": {"destination": {"type": "string", "enum": ["+861012345678"]}, "note": {}, "x": {}},
+                "required": ["destination", "note", "x"],
+            },
+        },
+    }
+    messages: list[Any] = [{"role": "user", "content": "转人工"}]
+    reply = await sdk(client).chat.completions.create(model="x", messages=messages, tools=[transfer], user="vapi-1")
+    (call,) = reply.choices[0].message.tool_calls or []
+    arguments = json.loads(call.function.arguments)
+    assert arguments == {
+        "stageCode": "0001",
+        "stage": "转接人工",
+        "destination": "+861012345678",
+        "note": "0001 vapi-1",
+    }
+    messages += [
+        reply.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "ok"},
+    ]
+    after = await sdk(client).chat.completions.create(model="x", messages=messages, tools=[transfer], user="vapi-1")
+    assert after.choices[0].message.content == "正在转接。"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('[actions.x]\nstages = ["0000"]\n', "patterns"),
+        ('[actions.x]\nstages = "0000"\npatterns = ["a"]\n', "stages"),
+        ('[actions.x]\nstages = []\npatterns = ["a"]\nwhen = 1\n', "unknown keys when"),
+        ('[actions.x]\nstages = []\npatterns = ["a"]\narguments = { a = "{nope}" }\n', "arguments.a"),
+        ("[actions\n", "tools.toml"),
+    ],
+)
+def test_a_bad_tools_file_stops_start_up_naming_the_place(tmp_path: Any, text: str, says: str) -> None:
+    path = tmp_path / "tools.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as bad:
+        create_app(Settings(upstream="local", store="memory://", tools_file=str(path)))
+    assert says in str(bad.value) and str(path) in str(bad.value)
