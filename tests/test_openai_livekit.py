@@ -16,6 +16,7 @@ import fastgpt_emulator as fe
 import pytest
 from livekit.agents import APIConnectOptions, llm
 from livekit.agents.beta.tools import EndCallTool
+from livekit.agents.llm.utils import prepare_function_arguments
 from livekit.plugins import openai as lk_openai
 
 from callagent.settings import Settings
@@ -115,6 +116,8 @@ async def test_injury_calls_a_livekit_function_tool_to_transfer(client: Any, liv
     assert "120" in text
     (transfer,) = calls
     assert transfer.name == "transfer_call" and '"reason":"有人伤转接人工"' in transfer.arguments
+    # LiveKit binds the arguments to the tool as AgentSession would; the stage keys are ignored.
+    assert prepare_function_arguments(fnc=transfer_call, json_arguments=transfer.arguments) == (("有人伤转接人工",), {})
 
 
 async def test_a_livekit_barge_in_records_the_truncated_reply_as_heard(
