@@ -261,6 +261,13 @@ async def test_an_unnamed_conversation_keeps_one_derived_session(client: Any) ->
     assert len({e["session_id"] for e in logs if e["event"] == "turn"}) == 1
 
 
+async def test_null_options_are_unset(client: Any) -> None:
+    data = {"model": None, "stream": None, "stream_options": None, "tools": None, "metadata": None, "user": "nulls"}
+    resp = await client.post("/v1/chat/completions", json={**data, "messages": [{"role": "user", "content": "喂"}]})
+    body = await resp.json()
+    assert resp.status == 200 and body["object"] == "chat.completion" and body["model"] == "callagent"
+
+
 async def test_a_platform_id_that_is_no_session_id_is_mapped(client: Any) -> None:
     data = {"model": "x", "messages": [{"role": "user", "content": "喂"}], "user": "caller@example.com"}
     with structlog.testing.capture_logs() as logs:

@@ -58,7 +58,7 @@ class ChatRequest:
 def parse(request: web.Request, data: dict[str, Any], max_text_chars: int) -> ChatRequest:
     messages = _messages(data)
     session_id, source = session_of(request, data, messages)
-    model = data.get("model", "")
+    model = data.get("model") or ""
     if not isinstance(model, str) or len(model) > 256:
         raise InvalidRequest("model: must be a string")
     metadata = data.get("metadata")
@@ -77,8 +77,8 @@ def parse(request: web.Request, data: dict[str, Any], max_text_chars: int) -> Ch
         kind="empty",
         tools=_tools(data.get("tools")),
         tool_choice_none=data.get("tool_choice") == "none",
-        stream=v.flag(data, "stream"),
-        include_usage=v.flag(stream_options or {}, "include_usage"),
+        stream=_flag(data, "stream"),
+        include_usage=_flag(stream_options or {}, "include_usage"),
         segment=v.segment_options(segment_mode),
         fingerprint=hashlib.sha256(orjson.dumps([session_id, messages], option=orjson.OPT_SORT_KEYS)).hexdigest(),
     )
@@ -93,6 +93,11 @@ def parse(request: web.Request, data: dict[str, Any], max_text_chars: int) -> Ch
         chat.kind = "tool_result"
         chat.tool_name = _called_tool(messages)
     return chat
+
+
+def _flag(data: Mapping[str, Any], field: str) -> bool:
+    """A boolean; ``null`` (sent by some clients for an unset option) is false."""
+    return data.get(field) is not None and v.flag(data, field)
 
 
 def _messages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
