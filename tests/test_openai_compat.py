@@ -570,3 +570,18 @@ def test_a_bad_tools_file_stops_start_up_naming_the_place(tmp_path: Any, text: s
     with pytest.raises(ConfigError) as bad:
         create_app(Settings(upstream="local", store="memory://", tools_file=str(path)))
     assert says in str(bad.value) and str(path) in str(bad.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"CALLAGENT_OPENAI_KEEPALIVE": "0"}, "CALLAGENT_OPENAI_KEEPALIVE"),
+        ({"CALLAGENT_OPENAI_MAX_BODY_BYTES": "0"}, "CALLAGENT_OPENAI_MAX_BODY_BYTES"),
+        ({"CALLAGENT_OPENAI_MODEL": ""}, "CALLAGENT_OPENAI_MODEL"),
+        ({"CALLAGENT_TOOLS_FILE": "/nonexistent/tools.toml"}, "CALLAGENT_TOOLS_FILE"),
+    ],
+)
+def test_the_route_s_settings_are_checked_at_start_up(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError) as bad:
+        create_app(Settings.from_env(env | {"CALLAGENT_STORE": "memory://"}, env_file=None))
+    assert names in str(bad.value)
