@@ -146,6 +146,9 @@ async def _prepare(app: web.Application, chat: ChatRequest) -> str | None:
             await commands.delete_last_turn(chat.session_id)
             log.info("openai_retry_rerun", turn_id=record.turn_id)
     else:
+        # This utterance supersedes a turn of the session still running or finishing (its
+        # platform closed the stream): settle it first, so its transcript row is there.
+        await commands.interrupt(chat.session_id)
         await _note_heard(app, chat)
     turn_id = new_turn_id()
     recent.put(chat.session_id, Attempt(chat.fingerprint, turn_id))
