@@ -79,6 +79,11 @@ class Settings:
     sse_send_timeout: float = 15.0
     max_text_chars: int = 4000
     max_body_bytes: int = 64 * 1024
+    # The OpenAI-compatible route: platforms send the whole history and tool schemas each time.
+    openai_max_body_bytes: int = 1024 * 1024
+    openai_keepalive: float = 2.5  # seconds between keep-alive comments on its streams
+    openai_model: str = "callagent"  # the model id GET /v1/models lists
+    tools_file: str = ""
     ws_send_queue: int = 256
     ws_heartbeat: float = 20.0
     shutdown_timeout: float = 10.0
@@ -235,6 +240,7 @@ def _validate(s: Settings) -> None:
         "sse_ping_interval",
         "ws_heartbeat",
         "shutdown_timeout",
+        "openai_keepalive",
     ):
         if not getattr(s, name) > 0:
             fail(f"CALLAGENT_{name.upper()}", "must be a positive number of seconds")
@@ -256,7 +262,16 @@ def _validate(s: Settings) -> None:
     for name in ("twilio_transfer_stages", "twilio_hangup_stages"):
         if not re.fullmatch(r"([0-9A-Za-z]{1,16}(,[0-9A-Za-z]{1,16})*)?", getattr(s, name).replace(" ", "")):
             fail(f"CALLAGENT_{name.upper()}", "must be a comma-separated list of stage codes")
-    for name in ("max_text_chars", "max_body_bytes", "ws_send_queue", "transcript_ttl", "console_viewer_buffer"):
+    if not s.openai_model:
+        fail("CALLAGENT_OPENAI_MODEL", "must not be empty")
+    for name in (
+        "max_text_chars",
+        "max_body_bytes",
+        "openai_max_body_bytes",
+        "ws_send_queue",
+        "transcript_ttl",
+        "console_viewer_buffer",
+    ):
         if getattr(s, name) < 1:
             fail(f"CALLAGENT_{name.upper()}", "must be >= 1")
 

@@ -26,7 +26,7 @@ from ..stages import StageTable
 from ..store import create_store
 from ..turns import TurnEngine
 from ..upstream.base import Upstream
-from . import conversation_relay, http, openapi, transcript, twilio, ws
+from . import conversation_relay, http, openai_compat, openapi, transcript, twilio, ws
 from .keys import COMMANDS, ENGINE, METRICS, SETTINGS, SOCKETS, STAGES, STORE, UPSTREAM
 from .middlewares import add_request_id, api_key_auth, console_auth, json_errors, request_context
 
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/openapi.json", openapi.serve)
     app.router.add_get("/transcript", transcript.transcript)
     console.add_routes(app)
+    openai_compat.setup(app)
     return app
 
 
@@ -111,11 +112,11 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
             await dify.close()  # barge-in stop calls still under way
         else:
-            app[UPSTREAM] = openai_compat(settings, session)
+            app[UPSTREAM] = openai_compat_upstream(settings, session)
             yield
 
 
-def openai_compat(settings: Settings, session: aiohttp.ClientSession) -> Upstream:
+def openai_compat_upstream(settings: Settings, session: aiohttp.ClientSession) -> Upstream:
     from ..upstream.openai_compat import OpenAICompatClient
     from ..upstream.openai_messages import PromptTemplate
 

@@ -1,10 +1,17 @@
-"""Middlewares: request context for logs, API-key auth, and the one JSON error format."""
+"""Middlewares: request context for logs, API-key auth, and the one JSON error format.
+
+Routes that speak another API's conventions (the OpenAI-compatible route) register a
+``RouteFamily`` for their paths under ``ROUTE_FAMILIES``: errors on those paths use the
+family's error body, and the family may accept a bare ``Authorization: KEY``. Every other
+path keeps callagent's own format and the ``Bearer`` scheme.
+"""
 
 from __future__ import annotations
 
 import hmac
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -25,6 +32,28 @@ QUERY_TOKEN_PATHS = frozenset({"/ws", "/conversation-relay", "/twilio/voice", "/
 
 def error_response(error: CallagentError) -> web.Response:
     return web.json_response(error.body(), status=error.status, dumps=dumps)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFamily:
+    """Paths served in another API's conventions: its error body, its forms of the API key."""
+
+    error_response: Callable[[CallagentError], web.Response]
+    bare_key: bool = False  # ``Authorization: KEY`` without a scheme is accepted too
+
+
+ROUTE_FAMILIES = web.AppKey("route_families", dict[str, RouteFamily])
+"""Exact request paths -> the family that serves them."""
+
+
+def route_family(request: web.Request) -> RouteFamily | None:
+    families = request.app.get(ROUTE_FAMILIES)
+    return families.get(request.path) if families else None
+
+
+def _error_response(request: web.Request, error: CallagentError) -> web.Response:
+    family = route_family(request)
+    return family.error_response(error) if family is not None else error_response(error)
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -52,13 +81,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except CallagentError as e:
         if e.status >= 500:
             log.warning("request_failed", path=request.path, status=e.status, type=e.type, msg=e.msg)
-        return error_response(e)
+        return _error_response(request, e)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(PayloadTooLarge(f"request body larger than {request.client_max_size} bytes"))
+        return _error_response(request, PayloadTooLarge(f"request body larger than {request.client_max_size} bytes"))
     except web.HTTPNotFound:
-        return error_response(NotFound(f"no route {request.method} {request.path}"))
+        return _error_response(request, NotFound(f"no route {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed as e:
-        response = error_response(MethodNotAllowed(f"{request.method} not allowed on {request.path}"))
+        response = _error_response(request, MethodNotAllowed(f"{request.method} not allowed on {request.path}"))
         response.headers["Allow"] = ",".join(sorted(e.allowed_methods))
         return response
     except web.HTTPException as e:
@@ -71,12 +100,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         )
     except Exception:
         log.exception("unhandled_error", path=request.path)
-        return error_response(CallagentError("internal error"))
+        return _error_response(request, CallagentError("internal error"))
 
 
 def api_key_auth(keys: tuple[str, ...], open_paths: frozenset[str] = frozenset()) -> Middleware:
     """``Authorization: Bearer <key>`` (or ``?token=`` where a client cannot set headers) on
-    every route but /healthz and ``open_paths``."""
+    every route but /healthz and ``open_paths``; a bare ``Authorization: <key>`` where the route
+    family allows it."""
     encoded = [k.encode() for k in keys]
     unchecked = OPEN_PATHS | open_paths
 
@@ -91,7 +121,11 @@ def api_key_auth(keys: tuple[str, ...], open_paths: frozenset[str] = frozenset()
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            token = request.query.get("token", "") if request.path in QUERY_TOKEN_PATHS else ""
+            family = route_family(request)
+            if family is not None and family.bare_key and scheme and not token:
+                token = scheme
+            else:
+                token = request.query.get("token", "") if request.path in QUERY_TOKEN_PATHS else ""
         if not token or not allowed(token.strip()):
             raise Unauthorized("missing or invalid API key")
         return await handler(request)
