@@ -80,9 +80,9 @@ class Settings:
     max_text_chars: int = 4000
     max_body_bytes: int = 64 * 1024
     # The OpenAI-compatible route: platforms send the whole history and tool schemas each time.
-    openai_max_body_bytes: int = 1024 * 1024
-    openai_keepalive: float = 2.5  # seconds between keep-alive comments on its streams
-    openai_model: str = "callagent"  # the model id GET /v1/models lists
+    openai_route_max_body_bytes: int = 1024 * 1024
+    openai_route_keepalive: float = 2.5  # seconds between keep-alive comments on its streams
+    openai_route_model: str = "callagent"  # the model id GET /v1/models lists
     tools_file: str = ""
     ws_send_queue: int = 256
     ws_heartbeat: float = 20.0
@@ -240,7 +240,7 @@ def _validate(s: Settings) -> None:
         "sse_ping_interval",
         "ws_heartbeat",
         "shutdown_timeout",
-        "openai_keepalive",
+        "openai_route_keepalive",
     ):
         if not getattr(s, name) > 0:
             fail(f"CALLAGENT_{name.upper()}", "must be a positive number of seconds")
@@ -262,12 +262,12 @@ def _validate(s: Settings) -> None:
     for name in ("twilio_transfer_stages", "twilio_hangup_stages"):
         if not re.fullmatch(r"([0-9A-Za-z]{1,16}(,[0-9A-Za-z]{1,16})*)?", getattr(s, name).replace(" ", "")):
             fail(f"CALLAGENT_{name.upper()}", "must be a comma-separated list of stage codes")
-    if not s.openai_model:
-        fail("CALLAGENT_OPENAI_MODEL", "must not be empty")
+    if not s.openai_route_model:
+        fail("CALLAGENT_OPENAI_ROUTE_MODEL", "must not be empty")
     for name in (
         "max_text_chars",
         "max_body_bytes",
-        "openai_max_body_bytes",
+        "openai_route_max_body_bytes",
         "ws_send_queue",
         "transcript_ttl",
         "console_viewer_buffer",

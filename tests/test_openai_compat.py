@@ -284,9 +284,9 @@ def test_a_bad_tools_file_stops_start_up_naming_the_place(tmp_path: Any, text: s
 @pytest.mark.parametrize(
     ("env", "names"),
     [
-        ({"CALLAGENT_OPENAI_KEEPALIVE": "0"}, "CALLAGENT_OPENAI_KEEPALIVE"),
-        ({"CALLAGENT_OPENAI_MAX_BODY_BYTES": "0"}, "CALLAGENT_OPENAI_MAX_BODY_BYTES"),
-        ({"CALLAGENT_OPENAI_MODEL": ""}, "CALLAGENT_OPENAI_MODEL"),
+        ({"CALLAGENT_OPENAI_ROUTE_KEEPALIVE": "0"}, "CALLAGENT_OPENAI_ROUTE_KEEPALIVE"),
+        ({"CALLAGENT_OPENAI_ROUTE_MAX_BODY_BYTES": "0"}, "CALLAGENT_OPENAI_ROUTE_MAX_BODY_BYTES"),
+        ({"CALLAGENT_OPENAI_ROUTE_MODEL": ""}, "CALLAGENT_OPENAI_ROUTE_MODEL"),
         ({"CALLAGENT_TOOLS_FILE": "/nonexistent/tools.toml"}, "CALLAGENT_TOOLS_FILE"),
     ],
 )

@@ -74,7 +74,7 @@ async def test_bad_bodies_get_clear_openai_errors(client: Any, raw: bytes, statu
 
 
 async def test_body_limit_is_larger_here_and_configurable(make_client: MakeClient) -> None:
-    client = await make_client(Settings(upstream="local", store="memory://", openai_max_body_bytes=300_000))
+    client = await make_client(Settings(upstream="local", store="memory://", openai_route_max_body_bytes=300_000))
 
     def body(system_chars: int) -> dict[str, Any]:
         system = {"role": "system", "content": "x" * system_chars}

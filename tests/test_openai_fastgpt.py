@@ -10,11 +10,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import fastgpt_emulator as fe
 import openai
 import pytest
 
 from callagent.settings import Settings
+from scripts.emulators import fastgpt as fe
 
 from .conftest import MakeClient
 from .openai_support import LONG_REPLY, SYSTEM, Call, Sdk, sdk_clients, stream_until, transcript, upstream_called
@@ -73,7 +73,7 @@ async def test_a_close_before_the_first_byte_closes_the_upstream(fastgpt_client:
 async def test_a_quiet_upstream_gets_keep_alive_comments(
     make_client: MakeClient, fastgpt_settings: Settings, emulator: Any
 ) -> None:
-    client = await make_client(fastgpt_settings.with_(openai_keepalive=0.05))
+    client = await make_client(fastgpt_settings.with_(openai_route_keepalive=0.05))
     emulator.first_chunk_delay = 0.3
     resp = await client.post(
         "/v1/chat/completions",

@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import fastgpt_emulator as fe
 import pytest
 from livekit.agents import APIConnectOptions, llm
 from livekit.agents.beta.tools import EndCallTool
@@ -21,6 +20,7 @@ from livekit.plugins import openai as lk_openai
 
 from callagent.settings import Settings
 from callagent.web.keys import STORE
+from scripts.emulators import fastgpt as fe
 
 from .conftest import MakeClient
 
@@ -147,7 +147,7 @@ async def test_livekit_s_timeout_retry_reaches_the_workflow_once(
     make_client: MakeClient, fastgpt_settings: Settings, emulator: Any, livekit_llm: MakeLLM
 ) -> None:
     """No keep-alive in time: LiveKit gives up on the silent attempt and sends it again."""
-    client = await make_client(fastgpt_settings.with_(openai_keepalive=30))
+    client = await make_client(fastgpt_settings.with_(openai_route_keepalive=30))
     emulator.set_fault("no_first_token", count=1)
     call = LiveKitCall(livekit_llm(client, "lk-retry"), [])
     call.ctx.add_message(role="user", content="喂")
@@ -163,7 +163,7 @@ async def test_livekit_s_timeout_retry_reaches_the_workflow_once(
 async def test_keep_alive_comments_beat_livekit_s_read_timeout(
     make_client: MakeClient, fastgpt_settings: Settings, emulator: Any, livekit_llm: MakeLLM
 ) -> None:
-    client = await make_client(fastgpt_settings.with_(openai_keepalive=0.05))
+    client = await make_client(fastgpt_settings.with_(openai_route_keepalive=0.05))
     emulator.first_chunk_delay = 0.5
     call = LiveKitCall(livekit_llm(client, "lk-alive"), [])
     call.ctx.add_message(role="user", content="喂")

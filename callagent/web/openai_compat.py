@@ -12,7 +12,7 @@ What the real clients need, and how it is met:
   connection is lost, whatever it awaits: leaving ``commands.turn`` cancels the turn, which
   closes the upstream response, also before the upstream's first byte.
 - LiveKit Agents drops a request that sent nothing for 10 s and retries it: the role chunk
-  goes out at once and a keep-alive comment every ``CALLAGENT_OPENAI_KEEPALIVE`` seconds.
+  goes out at once and a keep-alive comment every ``CALLAGENT_OPENAI_ROUTE_KEEPALIVE`` seconds.
   A retry carries the same messages as the attempt before it (``RecentRequests``): a
   completed attempt is replayed from the transcript, a cancelled one is undone
   (``delete_last_turn``) and run again, so the caller's utterance reaches the workflow once.
@@ -98,20 +98,20 @@ def setup(app: web.Application) -> None:
 
 
 async def models(request: web.Request) -> web.Response:
-    model = {"id": request.app[SETTINGS].openai_model, "object": "model", "created": 0, "owned_by": "callagent"}
+    model = {"id": request.app[SETTINGS].openai_route_model, "object": "model", "created": 0, "owned_by": "callagent"}
     return web.json_response({"object": "list", "data": [model]}, dumps=dumps)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    data = await v.json_body(request.clone(client_max_size=settings.openai_max_body_bytes))
+    data = await v.json_body(request.clone(client_max_size=settings.openai_route_max_body_bytes))
     chat = parse(request, data, settings.max_text_chars)
     structlog.contextvars.bind_contextvars(session_id=chat.session_id)
     if chat.session_source == "derived":
         log.warning("openai_session_derived", reason="the request names no session; set X-Callagent-Session")
     turn_id = await _prepare(request.app, chat)
     reply = Reply(turn_id=turn_id, prompt_chars=len(chat.utterance))
-    encoder = CompletionEncoder(f"chatcmpl-{turn_id or new_turn_id()}", chat.model or settings.openai_model)
+    encoder = CompletionEncoder(f"chatcmpl-{turn_id or new_turn_id()}", chat.model or settings.openai_route_model)
     pieces = _reply_text(request.app, chat, reply)
     if chat.stream:
         return await _stream(request, chat, encoder, reply, pieces)
@@ -229,7 +229,7 @@ async def _stream(
             request,
             sep="\n",
             allow_all_methods=True,
-            ping_interval=settings.openai_keepalive,
+            ping_interval=settings.openai_route_keepalive,
             send_timeout=settings.sse_send_timeout,
         ) as sse,
     ):
