@@ -82,7 +82,7 @@ async def test_injury_transfers_with_the_schema_s_required_parameter(client: Any
     ]
     reply = await oa.chat.completions.create(model="x", messages=messages, tools=TOOLS, extra_headers=headers)
     choice = reply.choices[0]
-    assert choice.finish_reason == "tool_calls" and "120" in (choice.message.content or "")
+    assert choice.finish_reason == "tool_calls" and "幺二零" in (choice.message.content or "")
     (tool_call,) = choice.message.tool_calls or []
     assert tool_call.function.name == "transfer_call"
     stage = "有人伤转接人工"
