@@ -10,7 +10,7 @@ client leaving stops the run, and which interactive nodes a run can pause at.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 
@@ -52,106 +52,61 @@ class Build:
         return True
 
 
-BUILDS: Final = {
-    b.name: b
-    for b in (
-        Build(
-            "4.8.15",
-            error_status="200",
-            stop_delta_null=False,
-            v2_completions=False,
-            workflow_duration=False,
-            declared_variables=False,
-            item_delete="query",
-            record_delete=None,
-            history_paths=False,
-            stop_api=False,
-            payment_pause=False,
-            validates_bodies=False,
-            chat_is_generating=False,
-            flow_responses_before_done=False,
-            v1_stops_on_disconnect=False,
-            human_id_is_response_id=False,
-            agent_events=False,
-        ),
-        Build(
-            "4.11",
-            error_status="500",
-            stop_delta_null=True,
-            v2_completions=True,
-            workflow_duration=True,
-            declared_variables=True,
-            item_delete="query",
-            record_delete=None,
-            history_paths=False,
-            stop_api=False,
-            payment_pause=False,
-            validates_bodies=False,
-            chat_is_generating=False,
-            flow_responses_before_done=False,
-            v1_stops_on_disconnect=False,
-            human_id_is_response_id=False,
-            agent_events=False,
-        ),
-        Build(
-            "4.14.5",
-            error_status="500",
-            stop_delta_null=True,
-            v2_completions=True,
-            workflow_duration=True,
-            declared_variables=True,
-            item_delete="body",
-            record_delete=None,
-            history_paths=True,
-            stop_api=True,
-            payment_pause=True,
-            validates_bodies=False,
-            chat_is_generating=False,
-            flow_responses_before_done=False,
-            v1_stops_on_disconnect=False,
-            human_id_is_response_id=False,
-            agent_events=False,
-        ),
-        Build(
-            "4.14.11",
-            error_status="4xx",
-            stop_delta_null=True,
-            v2_completions=True,
-            workflow_duration=True,
-            declared_variables=True,
-            item_delete=None,
-            record_delete="query",
-            history_paths=True,
-            stop_api=True,
-            payment_pause=True,
-            validates_bodies=True,
-            chat_is_generating=True,
-            flow_responses_before_done=True,
-            v1_stops_on_disconnect=False,
-            human_id_is_response_id=False,
-            agent_events=False,
-        ),
-        Build(
-            "4.15",
-            error_status="4xx",
-            stop_delta_null=True,
-            v2_completions=True,
-            workflow_duration=True,
-            declared_variables=True,
-            item_delete=None,
-            record_delete="any",
-            history_paths=True,
-            stop_api=True,
-            payment_pause=True,
-            validates_bodies=True,
-            chat_is_generating=True,
-            flow_responses_before_done=True,
-            v1_stops_on_disconnect=True,
-            human_id_is_response_id=True,
-            agent_events=True,
-        ),
+def _releases() -> tuple[Build, ...]:
+    """Each release as the changes over the one before it, so each fact is written once."""
+    first = Build(
+        "4.8.15",
+        error_status="200",
+        stop_delta_null=False,
+        v2_completions=False,
+        workflow_duration=False,
+        declared_variables=False,
+        item_delete="query",
+        record_delete=None,
+        history_paths=False,
+        stop_api=False,
+        payment_pause=False,
+        validates_bodies=False,
+        chat_is_generating=False,
+        flow_responses_before_done=False,
+        v1_stops_on_disconnect=False,
+        human_id_is_response_id=False,
+        agent_events=False,
     )
-}
+    v4_11 = replace(
+        first,
+        name="4.11",
+        error_status="500",
+        stop_delta_null=True,
+        v2_completions=True,
+        workflow_duration=True,
+        declared_variables=True,
+    )
+    v4_14_5 = replace(
+        v4_11, name="4.14.5", item_delete="body", history_paths=True, stop_api=True, payment_pause=True
+    )
+    v4_14_11 = replace(
+        v4_14_5,
+        name="4.14.11",
+        error_status="4xx",
+        item_delete=None,
+        record_delete="query",
+        validates_bodies=True,
+        chat_is_generating=True,
+        flow_responses_before_done=True,
+    )
+    v4_15 = replace(
+        v4_14_11,
+        name="4.15",
+        record_delete="any",
+        v1_stops_on_disconnect=True,
+        human_id_is_response_id=True,
+        agent_events=True,
+    )
+    return (first, v4_11, v4_14_5, v4_14_11, v4_15)
+
+
+BUILDS: Final = {b.name: b for b in _releases()}
 DEFAULT_BUILD: Final = "4.15"
 
 
