@@ -39,17 +39,21 @@ def emulator(emulator_server: TestServer) -> Any:
     return emulator_server.app[fastgpt_emulator.EMULATOR]
 
 
+def upstream_settings(tmp_path: Path, **upstream: Any) -> Settings:
+    """callagent on an upstream (the emulator) with a SQLite file store and roomy deadlines."""
+    return Settings(
+        store=f"sqlite:///{tmp_path}/callagent.db", first_token_timeout=5, idle_timeout=5, turn_timeout=20, **upstream
+    )
+
+
 @pytest.fixture
 def fastgpt_settings(emulator_server: TestServer, tmp_path: Path) -> Settings:
-    return Settings(
+    return upstream_settings(
+        tmp_path,
         upstream="fastgpt",
         fastgpt_base_url=str(emulator_server.make_url("")).rstrip("/"),
-        fastgpt_api_key="fastgpt-test",  # type: ignore[arg-type]
+        fastgpt_api_key="fastgpt-test",
         fastgpt_app_id="app1",
-        store=f"sqlite:///{tmp_path}/callagent.db",
-        first_token_timeout=5,
-        idle_timeout=5,
-        turn_timeout=20,
     )
 
 
