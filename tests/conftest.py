@@ -97,7 +97,9 @@ def parse_sse(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
 
 # -- Redis: a real redis-server on a free loopback port (tests/redis_server.py) --------------
 
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+
+import aiohttp  # noqa: E402
 
 from .redis_server import RedisServer  # noqa: E402
 
@@ -116,3 +118,13 @@ def redis_url(redis_server: RedisServer) -> str:
     """The URL of an empty Redis."""
     redis_server.flush()
     return redis_server.url
+
+
+# -- a client for real processes (tests/cluster.py) -------------------------------------------
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for talking to real processes over loopback."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
