@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
@@ -13,16 +12,11 @@ from callagent.settings import Settings
 from callagent.web.keys import ENGINE, STORE
 from scripts.emulators.fastgpt import DEFAULT_BUILD
 
-from .conftest import BUILDS, body, parse_sse
+from .conftest import BUILDS, body, parse_sse, upstream_settings
+from .redis_server import free_port
 
 FALLBACK = Settings().fallback_text
 FAST = {"connect_timeout": 0.5, "first_token_timeout": 0.6, "idle_timeout": 0.4, "turn_timeout": 5}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def assert_nothing_left(client: Any, emulator: Any | None = None, session_id: str = "a1002") -> None:
@@ -117,6 +111,24 @@ async def test_connection_refused_is_retried_once_then_falls_back(make_client: A
     assert data["code"] == "200" and data["nextStageCode"] == "0001" and data["text"] == FALLBACK
     assert data["error"]["type"] == "upstream_unavailable" and data["error"]["code"] == "503"
     assert [e["event"] for e in logs].count("fastgpt_connect_retry") == 1
+    await assert_nothing_left(client)
+
+
+@pytest.mark.parametrize(("upstream", "peer"), [("openai", "the model server"), ("dify", "Dify")])
+async def test_dify_and_openai_unreachable_are_upstream_unavailable(
+    make_client: Any, tmp_path: Any, upstream: str, peer: str
+) -> None:
+    where = {f"{upstream}_base_url": f"http://127.0.0.1:{free_port()}/v1", f"{upstream}_api_key": "key-secret"}
+    settings = upstream_settings(tmp_path, upstream=upstream, openai_model="m", **where).with_(**FAST)
+    client = await make_client(settings)
+    with capture_logs() as logs:
+        data = await (await client.post("/chat", json=body(text="喂"))).json()
+    assert data["nextStageCode"] == "0001" and data["text"] == FALLBACK
+    error = data["error"]
+    assert error["type"] == "upstream_unavailable" and error["msg"].startswith(f"cannot connect to {peer}: ")
+    assert "key-secret" not in error["msg"] and "key-secret" not in repr(logs)
+    if upstream == "openai":  # the turn's POST (Dify first reads the app's input form, not retried)
+        assert [e["event"] for e in logs].count("openai_connect_retry") == 1
     await assert_nothing_left(client)
 
 
