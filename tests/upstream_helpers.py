@@ -1,4 +1,4 @@
-"""Helpers shared by the Dify and OpenAI-compatible upstream tests."""
+"""Helpers shared by the upstream tests: FastGPT failures, Dify, OpenAI-compatible servers."""
 
 from __future__ import annotations
 
