@@ -50,7 +50,7 @@ from .dify_vars import (
     parse_input_form,
     to_variable_type,
 )
-from .http import Peer, post_stream, read_small, request_small, sse_events
+from .http import Peer, frame_json, post_stream, read_small, request_small, sse_events
 from .openai_think import ThinkFilter
 
 log = structlog.get_logger(__name__)
@@ -308,11 +308,7 @@ class DifyClient:
 
 
 def _json(data: bytes) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        log.warning("dify_bad_frame", data=data[:200].decode(errors="replace"))
-        return {}
+    payload = frame_json(data, _PEER)
     return payload if isinstance(payload, dict) else {}
 
 

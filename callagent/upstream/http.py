@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from ..errors import UpstreamProtocol, UpstreamUnavailable
 from ..sse import SSEError, SSEEvent, read_events
@@ -99,6 +100,15 @@ async def sse_events(response: aiohttp.ClientResponse, peer: Peer) -> AsyncItera
         raise UpstreamProtocol(f"{peer.name} sent a broken stream: {e}") from None
     except (aiohttp.ClientError, ConnectionError) as e:
         raise UpstreamProtocol(f"{peer.name} connection broke mid-stream: {type(e).__name__}") from None
+
+
+def frame_json(data: bytes, peer: Peer) -> Any:
+    """A frame's (or a body's) JSON; None, logged as ``<key>_bad_frame``, when it is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        peer.log.warning(f"{peer.key}_bad_frame", data=data[:200].decode(errors="replace"))
+        return None
 
 
 def _reason(e: aiohttp.ClientConnectorError) -> str:

@@ -26,7 +26,7 @@ import structlog
 
 from ..errors import UpstreamAuth, UpstreamError, UpstreamProtocol
 from .base import END_OF_SPEECH, KEEPALIVE, UpstreamChunk, UpstreamTurn
-from .http import Peer, post_stream, read_small, request_small, sse_events
+from .http import Peer, frame_json, post_stream, read_small, request_small, sse_events
 from .openai_messages import PromptTemplate, build_messages
 from .openai_think import ThinkFilter
 
@@ -146,11 +146,7 @@ class OpenAICompatClient:
 
 def _choice(data: bytes) -> dict[str, Any]:
     """The first choice of a chunk ({} for a chunk without one); an error frame raises."""
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        log.warning("openai_bad_frame", data=data[:200].decode(errors="replace"))
-        return {}
+    payload = frame_json(data, _PEER)
     if not isinstance(payload, dict):
         return {}
     if payload.get("error") is not None or payload.get("object") == "error":  # vLLM, newer and older

@@ -33,7 +33,7 @@ import structlog
 
 from ...errors import UpstreamBusy, UpstreamError, UpstreamProtocol
 from ..base import END_OF_SPEECH, KEEPALIVE, UpstreamChunk, UpstreamRecords, UpstreamTurn, VariablesUpdate
-from ..http import Peer, post_stream, read_small, request_small, sse_events
+from ..http import Peer, frame_json, post_stream, read_small, request_small, sse_events
 from . import interactive
 from .errors import error_from, error_from_body
 from .interactive import INTERACTIVE_KEY
@@ -179,7 +179,7 @@ class FastGPTClient:
                     elif ended:
                         continue  # FastGPT's bookkeeping after the end of speech
                     elif event == b"interactive":
-                        asked_now = interactive.question_of(_json(data))
+                        asked_now = interactive.question_of(frame_json(data, _PEER))
                         asked = True
                         yield VariablesUpdate({INTERACTIVE_KEY: asked_now})
                         yield interactive.speech(asked_now)
@@ -300,17 +300,17 @@ class FastGPTClient:
 def _chunk_of(event: bytes | None, data: bytes) -> UpstreamChunk:
     """What one frame before the end of speech means for the turn."""
     if event in (b"answer", b"fastAnswer", None):
-        payload = _json(data)
+        payload = frame_json(data, _PEER)
         try:
             content = payload["choices"][0]["delta"].get("content")
         except (TypeError, KeyError, IndexError, AttributeError):
             return KEEPALIVE
         return content if isinstance(content, str) and content else KEEPALIVE
     if event == b"updateVariables":
-        payload = _json(data)
+        payload = frame_json(data, _PEER)
         return VariablesUpdate(payload) if isinstance(payload, dict) else KEEPALIVE
     if event == b"error":
-        raise error_from(200, _json(data))
+        raise error_from(200, frame_json(data, _PEER))
     return KEEPALIVE
 
 
@@ -318,20 +318,12 @@ def _is_stop_chunk(event: bytes | None, data: bytes) -> bool:
     """The answer chunk FastGPT sends once the chat is saved (the end signal before 4.9.7)."""
     if event not in (b"answer", None) or b'"stop"' not in data:
         return False
-    payload = _json(data)
+    payload = frame_json(data, _PEER)
     try:
         choice = payload["choices"][0]
         return bool(choice.get("finish_reason") == "stop" and not choice["delta"].get("content"))
     except (TypeError, KeyError, IndexError, AttributeError):
         return False
-
-
-def _json(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        log.warning("fastgpt_bad_frame", data=data[:200].decode(errors="replace"))
-        return None
 
 
 class _Recent:
