@@ -91,33 +91,38 @@ def _link_at(text: str, i: int, final: bool) -> tuple[int, int] | Literal[False]
     """``[label](url)`` at ``i``: (index of ``]``, end), ``False`` if not a link,
     ``None`` if the text so far cannot tell."""
     n = len(text)
-    j = i + 1
-    limit = j + _LINK_LABEL_MAX
-    while True:
-        if j == n:
-            return False if final else None
-        ch = text[j]
-        if ch == "]":
-            break
-        if ch in "[\n" or j >= limit:
-            return False
-        j += 1
+    j = _closing(text, i + 1, "]", "[\n", _LINK_LABEL_MAX, final)
+    if j is None or j is False:
+        return j
     k = j + 1
     if k == n:
         return False if final else None
     if text[k] != "(":
         return False
-    m = k + 1
-    limit = m + _LINK_URL_MAX
+    m = _closing(text, k + 1, ")", "(", _LINK_URL_MAX, final, blank_ends=True)
+    if m is None or m is False:
+        return m
+    return j, m + 1
+
+
+def _closing(
+    text: str, start: int, close: str, breakers: str, most: int, final: bool, blank_ends: bool = False
+) -> int | Literal[False] | None:
+    """Index of ``close`` from ``start``, within ``most`` characters and before any of
+    ``breakers`` (or white space, with ``blank_ends``); ``False`` if none, ``None`` if the
+    text so far cannot tell."""
+    n = len(text)
+    limit = start + most
+    j = start
     while True:
-        if m == n:
+        if j == n:
             return False if final else None
-        ch = text[m]
-        if ch == ")":
-            return j, m + 1
-        if ch == "(" or ch.isspace() or m >= limit:
+        ch = text[j]
+        if ch == close:
+            return j
+        if ch in breakers or (blank_ends and ch.isspace()) or j >= limit:
             return False
-        m += 1
+        j += 1
 
 
 def _strip(text: str, line_start: bool, final: bool) -> tuple[str, int, bool]:

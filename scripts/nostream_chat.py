@@ -23,31 +23,21 @@ and an ``error`` object) or a connection failure; 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-import time
 from typing import Any
 
 import aiohttp
 
+from .cli import run_client, utterance_body, utterance_parser
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="POST /chat to callagent and print the JSON reply.")
-    parser.add_argument("session_id", metavar="sessionId", help="the call's id (1-128 of A-Z a-z 0-9 _ . : -)")
-    parser.add_argument("text", nargs="+", help="what the caller said (several words are joined by blanks)")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="callagent base URL (default %(default)s)")
-    parser.add_argument("--api-key", help="sent as `Authorization: Bearer <key>`")
-    parser.add_argument("--time-stamp", help="the request's timeStamp (default: now, YYYYMMDDhhmmss)")
-    return parser.parse_args(argv)
+    return utterance_parser("POST /chat to callagent and print the JSON reply.").parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> int:
-    body = {
-        "sessionId": args.session_id,
-        "timeStamp": args.time_stamp or time.strftime("%Y%m%d%H%M%S"),
-        "text": " ".join(args.text),
-    }
+    body = utterance_body(args)
     headers = {}
     if args.api_key:
         headers["Authorization"] = f"Bearer {args.api_key}"
@@ -70,14 +60,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return asyncio.run(run(args))
-    except aiohttp.ClientError as e:
-        print(f"nostream_chat: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_client("nostream_chat", run(parse_args(argv)))
 
 
 if __name__ == "__main__":

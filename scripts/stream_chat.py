@@ -19,33 +19,26 @@ ended without a terminal event, or a connection failure; 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 
 from callagent.sse import COMMENT, SSEEvent, SSEParser
 
+from .cli import run_client, utterance_body, utterance_parser
+
 TERMINAL = ("done", "error")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="POST /chat?stream=true to callagent and print each SSE event as it arrives."
-    )
-    parser.add_argument("session_id", metavar="sessionId", help="the call's id (1-128 of A-Z a-z 0-9 _ . : -)")
-    parser.add_argument("text", nargs="+", help="what the caller said (several words are joined by blanks)")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="callagent base URL (default %(default)s)")
-    parser.add_argument("--api-key", help="sent as `Authorization: Bearer <key>`")
+    parser = utterance_parser("POST /chat?stream=true to callagent and print each SSE event as it arrives.")
     parser.add_argument(
         "--segment",
         choices=["none", "clause"],
         default="none",
         help="clause: text_delta events carry whole clauses for speech synthesis",
     )
-    parser.add_argument("--time-stamp", help="the request's timeStamp (default: now, YYYYMMDDhhmmss)")
     parser.add_argument("--pings", action="store_true", help="also print the keep-alive comments")
     return parser.parse_args(argv)
 
@@ -68,11 +61,7 @@ def _text(event: SSEEvent) -> tuple[str, str]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    body = {
-        "sessionId": args.session_id,
-        "timeStamp": args.time_stamp or time.strftime("%Y%m%d%H%M%S"),
-        "text": " ".join(args.text),
-    }
+    body = utterance_body(args)
     params = {"stream": "true"}
     if args.segment != "none":
         params["segment"] = args.segment
@@ -98,14 +87,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return asyncio.run(run(args))
-    except aiohttp.ClientError as e:
-        print(f"stream_chat: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_client("stream_chat", run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ from typing import Any
 
 import aiohttp
 
+from .cli import add_server_options, run_client
+
 HELP = (
     "type what the caller says; commands: /interrupt [spoken text], /set KEY VALUE, /get [KEY], "
     "/undo, /silence, /ping, /quit"
@@ -66,8 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Interactive WebSocket client for callagent (GET /ws): a softphone in a terminal.",
         epilog=HELP,
     )
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="callagent base URL (default %(default)s)")
-    parser.add_argument("--api-key", help="sent as `Authorization: Bearer <key>`")
+    add_server_options(parser)
     parser.add_argument("--session", help="the call's sessionId (default: a random one)")
     parser.add_argument(
         "--segment",
@@ -539,16 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"ws_chat: cannot read the script: {e}", file=sys.stderr)
             return 2
-    try:
-        return asyncio.run(run(args, script))
-    except aiohttp.WSServerHandshakeError as e:
-        print(f"ws_chat: the server refused the socket: HTTP {e.status} {e.message}", file=sys.stderr)
-        return 1
-    except (aiohttp.ClientError, OSError) as e:
-        print(f"ws_chat: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_client("ws_chat", run(args, script))
 
 
 if __name__ == "__main__":

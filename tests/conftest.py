@@ -39,17 +39,21 @@ def emulator(emulator_server: TestServer) -> Any:
     return emulator_server.app[fastgpt_emulator.EMULATOR]
 
 
+def upstream_settings(tmp_path: Path, **upstream: Any) -> Settings:
+    """callagent on an upstream (the emulator) with a SQLite file store and roomy deadlines."""
+    return Settings(
+        store=f"sqlite:///{tmp_path}/callagent.db", first_token_timeout=5, idle_timeout=5, turn_timeout=20, **upstream
+    )
+
+
 @pytest.fixture
 def fastgpt_settings(emulator_server: TestServer, tmp_path: Path) -> Settings:
-    return Settings(
+    return upstream_settings(
+        tmp_path,
         upstream="fastgpt",
         fastgpt_base_url=str(emulator_server.make_url("")).rstrip("/"),
-        fastgpt_api_key="fastgpt-test",  # type: ignore[arg-type]
+        fastgpt_api_key="fastgpt-test",
         fastgpt_app_id="app1",
-        store=f"sqlite:///{tmp_path}/callagent.db",
-        first_token_timeout=5,
-        idle_timeout=5,
-        turn_timeout=20,
     )
 
 
@@ -93,7 +97,9 @@ def parse_sse(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
 
 # -- Redis: a real redis-server on a free loopback port (tests/redis_server.py) --------------
 
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+
+import aiohttp  # noqa: E402
 
 from .redis_server import RedisServer  # noqa: E402
 
@@ -112,3 +118,13 @@ def redis_url(redis_server: RedisServer) -> str:
     """The URL of an empty Redis."""
     redis_server.flush()
     return redis_server.url
+
+
+# -- a client for real processes (tests/cluster.py) -------------------------------------------
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for talking to real processes over loopback."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session

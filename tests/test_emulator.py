@@ -125,12 +125,6 @@ Start = Callable[..., Awaitable[Harness]]
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 def start(aiohttp_server: Any, http: aiohttp.ClientSession) -> Start:
     async def start(**settings: Any) -> Harness:
         # One release with every path family's quirks: the release-specific tests name theirs.
@@ -219,19 +213,25 @@ async def test_chunk_size_and_delays(start: Start) -> None:
     assert log.first_chunk_at - log.started >= 0.05
 
 
+class SlowBrain:
+    """Says ``first``, then takes its time (a slow node) until released, then says ``then``."""
+
+    def __init__(self, first: str = "<state>1002</state>请稍等", then: str = "好了。") -> None:
+        self.first, self.then = first, then
+        self.release = asyncio.Event()
+
+    async def reply(self, chat_id: str, text: str, variables: dict[str, Any]) -> AsyncIterator[str]:
+        yield self.first
+        await self.release.wait()
+        yield self.then
+
+
 async def test_heartbeats_while_the_brain_is_silent(start: Start) -> None:
-    go_on = asyncio.Event()
-
-    class SlowBrain:
-        async def reply(self, chat_id: str, text: str, variables: dict[str, Any]) -> AsyncIterator[str]:
-            yield "<state>1002</state>"
-            await go_on.wait()
-            yield "好的"
-
-    h = await start(brain=SlowBrain(), chunk_chars=50, heartbeat_interval=0.02)
+    brain = SlowBrain("<state>1002</state>", "好的")
+    h = await start(brain=brain, chunk_chars=50, heartbeat_interval=0.02)
     async with h.http.post(h.url(COMPLETIONS), json=turn_body(), headers=KEY) as resp:
         await read_until(resp, b'"content":""', 2)
-        go_on.set()
+        brain.release.set()
         await resp.read()
     assert h.emu.streams[-1].outcome == "completed"
 
@@ -615,15 +615,7 @@ async def test_control_endpoints(start: Start) -> None:
 
 
 async def test_v2_stop_ends_the_run_normally(start: Start) -> None:
-    never = asyncio.Event()
-
-    class EndlessBrain:
-        async def reply(self, chat_id: str, text: str, variables: dict[str, Any]) -> AsyncIterator[str]:
-            yield "<state>1002</state>请稍等"
-            await never.wait()
-            yield "不会说出"
-
-    h = await start(brain=EndlessBrain(), chunk_chars=100)
+    h = await start(brain=SlowBrain(then="不会说出"), chunk_chars=100)  # never released
     async with h.http.post(h.url(COMPLETIONS), json=turn_body(), headers=KEY) as resp:
         raw = await read_until(resp, b"event: answer")
         _, envelope = await h.api("POST", "/api/v2/chat/stop", json_body={"appId": "app1", "chatId": "c1"})
@@ -681,18 +673,6 @@ async def test_paths_a_release_does_not_have_are_404(start: Start) -> None:
     assert envelope["code"] == 200
     async with h.http.post(h.url("/__emulator/build"), json={"build": "9.9"}) as resp:
         assert resp.status == 400
-
-
-class SlowBrain:
-    """Says something, then takes its time (a slow node) until released."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def reply(self, chat_id: str, text: str, variables: dict[str, Any]) -> AsyncIterator[str]:
-        yield "<state>1002</state>请稍等"
-        await self.release.wait()
-        yield "好了。"
 
 
 @pytest.mark.parametrize("build", ["4.14.5", "4.14.11"])

@@ -3,40 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from callagent.settings import Settings
-from callagent.web.keys import ENGINE, STORE
 from scripts.emulators.fastgpt import DEFAULT_BUILD
 
-from .conftest import BUILDS, body, parse_sse
-
-FALLBACK = Settings().fallback_text
-FAST = {"connect_timeout": 0.5, "first_token_timeout": 0.6, "idle_timeout": 0.4, "turn_timeout": 5}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def assert_nothing_left(client: Any, emulator: Any | None = None, session_id: str = "a1002") -> None:
-    """No running turn, no held lease, every upstream response closed."""
-    engine = client.app[ENGINE]
-    async with asyncio.timeout(2):
-        while engine.running(session_id) is not None or engine._tasks:
-            await asyncio.sleep(0.005)
-    assert await client.app[STORE].lease_owner(session_id) is None
-    if emulator is not None:
-        for stream in emulator.streams:
-            await asyncio.wait_for(stream.closed.wait(), 2)
-    assert b"callagent_running_turns 0.0" in await (await client.get("/metrics")).read()
-
+from .conftest import BUILDS, body, parse_sse, upstream_settings
+from .redis_server import free_port
+from .upstream_helpers import FALLBACK, FAST, nothing_left
 
 # Failures FastGPT reports itself, on every release; the deadline faults need no release each.
 REPORTED = [
@@ -85,7 +61,7 @@ async def test_fault_ends_with_fallback_then_error(
     assert stages[-1] == "0001"  # the fallback stage comes last
     text = "".join(d["text"] for n, d in frames if n == "text_delta")
     assert text == spoken_before_fallback + FALLBACK
-    await assert_nothing_left(client, emulator)
+    await nothing_left(client, emulator.streams)
 
 
 @pytest.mark.parametrize("fault", ["malformed", "unknown_events", "reasoning", "fast_answer"])
@@ -97,7 +73,7 @@ async def test_tolerated_quirks_complete_normally(
     frames = parse_sse(await (await client.post("/chat?stream=true", json=body(text="喂"))).read())
     assert frames[-1] == ("done", frames[-1][1]) and frames[-1][1]["status"] == "completed"
     assert "".join(d["text"] for n, d in frames if n == "text_delta") == "您好，请问有人受伤吗？"
-    await assert_nothing_left(client, emulator)
+    await nothing_left(client, emulator.streams)
 
 
 async def test_a_one_megabyte_reply_streams_through(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
@@ -106,7 +82,7 @@ async def test_a_one_megabyte_reply_streams_through(make_client: Any, fastgpt_se
     client = await make_client(fastgpt_settings.with_(**FAST))
     data = await (await client.post("/chat", json=body(text="喂"))).json()
     assert data["status"] == "completed" and len(data["text"].encode()) > 1_000_000
-    await assert_nothing_left(client, emulator)
+    await nothing_left(client, emulator.streams)
 
 
 async def test_connection_refused_is_retried_once_then_falls_back(make_client: Any, fastgpt_settings: Any) -> None:
@@ -117,7 +93,25 @@ async def test_connection_refused_is_retried_once_then_falls_back(make_client: A
     assert data["code"] == "200" and data["nextStageCode"] == "0001" and data["text"] == FALLBACK
     assert data["error"]["type"] == "upstream_unavailable" and data["error"]["code"] == "503"
     assert [e["event"] for e in logs].count("fastgpt_connect_retry") == 1
-    await assert_nothing_left(client)
+    await nothing_left(client, [])
+
+
+@pytest.mark.parametrize(("upstream", "peer"), [("openai", "the model server"), ("dify", "Dify")])
+async def test_dify_and_openai_unreachable_are_upstream_unavailable(
+    make_client: Any, tmp_path: Any, upstream: str, peer: str
+) -> None:
+    where = {f"{upstream}_base_url": f"http://127.0.0.1:{free_port()}/v1", f"{upstream}_api_key": "key-secret"}
+    settings = upstream_settings(tmp_path, upstream=upstream, openai_model="m", **where).with_(**FAST)
+    client = await make_client(settings)
+    with capture_logs() as logs:
+        data = await (await client.post("/chat", json=body(text="喂"))).json()
+    assert data["nextStageCode"] == "0001" and data["text"] == FALLBACK
+    error = data["error"]
+    assert error["type"] == "upstream_unavailable" and error["msg"].startswith(f"cannot connect to {peer}: ")
+    assert "key-secret" not in error["msg"] and "key-secret" not in repr(logs)
+    if upstream == "openai":  # the turn's POST (Dify first reads the app's input form, not retried)
+        assert [e["event"] for e in logs].count("openai_connect_retry") == 1
+    await nothing_left(client, [])
 
 
 async def test_bad_upstream_key_is_upstream_auth(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
@@ -172,4 +166,4 @@ async def test_whole_turn_deadline(make_client: Any, fastgpt_settings: Any, emul
     data = await (await client.post("/chat", json=body(text="喂"))).json()
     assert data["error"]["type"] == "upstream_timeout" and "longer than 0.5s" in data["error"]["msg"]
     assert data["text"].endswith(FALLBACK) and data["nextStageCode"] == "0001"
-    await assert_nothing_left(client, emulator)
+    await nothing_left(client, emulator.streams)

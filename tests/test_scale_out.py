@@ -9,25 +9,22 @@ so the test of a dead owner waits for it to expire in reasonable time.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from subprocess import Popen
 from typing import Any
 
 import aiohttp
 import pytest
 
-from .conftest import body, parse_sse
-from .redis_server import RedisServer, free_port, start_process, stop_process, wait_for_http
+from .cluster import Process, redis_and, start_callagent, start_emulator, stream_chat, streaming_on, wait_ready
+from .conftest import body
+from .redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 CHUNK_DELAY = 0.05  # 4 characters a chunk: REPLY takes about 1.7 s to stream
 REPLY = "<state>1002</state>" + "您好，请问现场有没有人受伤？" * 8
 SPOKEN = REPLY.removeprefix("<state>1002</state>")
@@ -36,57 +33,13 @@ CANCEL_BOUND = 0.1  # seconds from the request on B to the end of A's stream
 FALLBACK_TEXT = "抱歉，系统暂时无法处理，正在为您转接人工客服，请稍候。"
 
 
-@dataclass
-class Process:
-    name: str
-    port: int
-    process: Popen[bytes]
-    log_path: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-
-def start_emulator(log_dir: Path, *replies: str, chunk_delay: float = CHUNK_DELAY) -> Process:
-    port = free_port()
-    args = [sys.executable, "-m", "scripts.emulators.fastgpt", "--port", str(port)]
-    args += ["--chunk-delay", str(chunk_delay)]
-    for reply in replies:
-        args += ["--reply", reply]
-    log_path = log_dir / f"emulator-{port}.log"
-    return Process("emulator", port, start_process(args, log_path, cwd=ROOT), log_path)
-
-
-def start_callagent(name: str, log_dir: Path, redis_url: str, emulator: Process) -> Process:
-    port = free_port()
-    env = os.environ | {
-        "CALLAGENT_STORE": redis_url,
+def fastgpt(emulator: Process) -> dict[str, str]:
+    return {
         "CALLAGENT_UPSTREAM": "fastgpt",
         "FASTGPT_BASE_URL": emulator.url(""),
         "FASTGPT_API_KEY": "fastgpt-test",
         "FASTGPT_APP_ID": "app1",
-        "CALLAGENT_LOG_FORMAT": "json",
-        "CALLAGENT_CONNECT_TIMEOUT": "1",
-        "CALLAGENT_FIRST_TOKEN_TIMEOUT": "2",
-        "CALLAGENT_IDLE_TIMEOUT": "2",
-        "CALLAGENT_SHUTDOWN_TIMEOUT": "1",
-        "PYTHONPATH": str(ROOT),
     }
-    args = [sys.executable, "-m", "callagent", "serve", "--port", str(port), "--env-file", ""]
-    log_path = log_dir / f"callagent-{name}-{port}.log"
-    return Process(name, port, start_process(args, log_path, env=env, cwd=log_dir), log_path)
-
-
-def wait_ready(*processes: Process) -> None:
-    for p in processes:
-        path = "/__emulator/streams" if p.name == "emulator" else "/readyz"  # readyz: cancel channel subscribed
-        try:
-            wait_for_http(p.port, path, p.process)
-        except RuntimeError as e:
-            raise RuntimeError(f"{p.name} did not start: {e}\n{p.log_tail()}") from None
 
 
 @dataclass
@@ -102,75 +55,12 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     log_dir = tmp_path_factory.mktemp("scale-out")
     redis = RedisServer(log_dir)
-    processes: list[Process] = []
-    try:
-        redis.start()
-        emulator = start_emulator(log_dir, REPLY)
+    with redis_and(redis) as processes:
+        emulator = start_emulator("fastgpt", log_dir, REPLY, chunk_delay=CHUNK_DELAY)
         processes.append(emulator)
-        processes += [start_callagent(name, log_dir, redis.url, emulator) for name in "abc"]
+        processes += [start_callagent(name, log_dir, redis.url, fastgpt(emulator)) for name in "abc"]
         wait_ready(*processes)
         yield Cluster(redis, *processes)
-    finally:
-        for p in processes:
-            stop_process(p.process)
-        redis.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
-
-
-class Stream:
-    """An SSE response read frame by frame, with the time each one arrived."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.frames: list[tuple[str, dict[str, Any]]] = []
-        self.ended_at: float | None = None
-
-    async def next(self) -> tuple[str, dict[str, Any]]:
-        while True:
-            block = await asyncio.wait_for(self.response.content.readuntil(b"\n\n"), 10)
-            assert block, f"the stream ended without a terminal event: {self.frames}"
-            frames = parse_sse(block)
-            if frames:
-                self.frames += frames
-                if frames[0][0] in ("done", "error"):
-                    self.ended_at = time.perf_counter()
-                return frames[0]
-
-    async def until(self, event: str) -> dict[str, Any]:
-        while True:
-            name, data = await self.next()
-            if name == event:
-                return data
-            assert name not in ("done", "error"), self.frames
-
-    async def rest(self) -> list[tuple[str, dict[str, Any]]]:
-        """Every frame up to the terminal one."""
-        while self.ended_at is None:
-            await self.next()
-        assert await self.response.content.read() == b"", "nothing after the terminal event"
-        return self.frames
-
-    @property
-    def text(self) -> str:
-        return "".join(d["text"] for n, d in self.frames if n == "text_delta")
-
-
-async def stream_chat(http: aiohttp.ClientSession, instance: Process, session_id: str) -> Stream:
-    response = await http.post(instance.url("/chat?stream=true"), json=body(session_id, text="发生了交通事故"))
-    assert response.status == 200, await response.text()
-    return Stream(response)
-
-
-async def streaming_on(http: aiohttp.ClientSession, instance: Process, session_id: str) -> Stream:
-    """A turn on ``instance`` that has started speaking (so it holds the session's lease)."""
-    stream = await stream_chat(http, instance, session_id)
-    await stream.until("text_delta")
-    return stream
 
 
 async def emulator_streams(http: aiohttp.ClientSession, emulator: Process, chat_id: str) -> list[dict[str, Any]]:
@@ -292,18 +182,12 @@ class Outage:
 @pytest.fixture
 def outage(tmp_path: Path) -> Iterator[Outage]:
     redis = RedisServer(tmp_path)
-    processes: list[Process] = []
-    try:
-        redis.start()
+    with redis_and(redis) as processes:
         # Replies alternate per chat: a session's first turn is long, its second short.
-        emulator = start_emulator(tmp_path, LONG_REPLY, SHORT_REPLY)
-        processes += [emulator, start_callagent("outage", tmp_path, redis.url, emulator)]
+        emulator = start_emulator("fastgpt", tmp_path, LONG_REPLY, SHORT_REPLY, chunk_delay=CHUNK_DELAY)
+        processes += [emulator, start_callagent("outage", tmp_path, redis.url, fastgpt(emulator))]
         wait_ready(*processes)
         yield Outage(redis, *processes)
-    finally:
-        for p in processes:
-            stop_process(p.process)
-        redis.stop()
 
 
 async def test_redis_outage_fails_fast_and_heals_by_itself(outage: Outage, http: Any) -> None:

@@ -9,55 +9,22 @@ the call, and a barge-in on another instance still stops the Dify task as the se
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from .cluster import Process, redis_and, start_callagent, start_emulator, streaming_on, wait_ready
 from .conftest import body
-from .redis_server import RedisServer, free_port, start_process, stop_process, wait_for_http
-from .test_scale_out import Process, streaming_on
+from .redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 REPLY = "<state>1002</state>" + "您好，请问现场有没有人受伤？" * 6
 SPOKEN = REPLY.removeprefix("<state>1002</state>")
-READY_PATHS = {"dify": "/__emulator/state", "openai_compat": "/__emulator/requests"}
-
-
-def start_emulator(name: str, log_dir: Path) -> Process:
-    port = free_port()
-    args = [sys.executable, "-m", f"scripts.emulators.{name}", "--port", str(port), "--reply", REPLY]
-    args += ["--chunk-delay", "0.05"]
-    log_path = log_dir / f"{name}-{port}.log"
-    return Process(name, port, start_process(args, log_path, cwd=ROOT), log_path)
-
-
-def start_callagent(name: str, log_dir: Path, redis_url: str, upstream: dict[str, str]) -> Process:
-    port = free_port()
-    env = (
-        os.environ
-        | upstream
-        | {
-            "CALLAGENT_STORE": redis_url,
-            "CALLAGENT_LOG_FORMAT": "json",
-            "CALLAGENT_CONNECT_TIMEOUT": "1",
-            "CALLAGENT_FIRST_TOKEN_TIMEOUT": "2",
-            "CALLAGENT_IDLE_TIMEOUT": "2",
-            "CALLAGENT_SHUTDOWN_TIMEOUT": "1",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    args = [sys.executable, "-m", "callagent", "serve", "--port", str(port), "--env-file", ""]
-    log_path = log_dir / f"callagent-{name}-{port}.log"
-    return Process(name, port, start_process(args, log_path, env=env, cwd=log_dir), log_path)
 
 
 @dataclass
@@ -74,10 +41,8 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     log_dir = tmp_path_factory.mktemp("scale-out-upstreams")
     redis = RedisServer(log_dir)
-    processes: list[Process] = []
-    try:
-        redis.start()
-        dify, openai = start_emulator("dify", log_dir), start_emulator("openai_compat", log_dir)
+    with redis_and(redis) as processes:
+        dify, openai = (start_emulator(n, log_dir, REPLY, chunk_delay=0.05) for n in ("dify", "openai_compat"))
         processes += [dify, openai]
         dify_env = {"CALLAGENT_UPSTREAM": "dify", "DIFY_BASE_URL": dify.url("/v1"), "DIFY_API_KEY": "dify-test"}
         openai_env = {
@@ -88,23 +53,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         }
         processes += [start_callagent(n, log_dir, redis.url, dify_env) for n in ("dify-a", "dify-b")]
         processes += [start_callagent(n, log_dir, redis.url, openai_env) for n in ("openai-a", "openai-b")]
-        for p in processes:
-            path = READY_PATHS.get(p.name, "/readyz")
-            try:
-                wait_for_http(p.port, path, p.process)
-            except RuntimeError as e:
-                raise RuntimeError(f"{p.name} did not start: {e}\n{p.log_tail()}") from None
+        wait_ready(*processes)
         yield Cluster(*processes)
-    finally:
-        for p in processes:
-            stop_process(p.process)
-        redis.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def dify_state(http: aiohttp.ClientSession, dify: Process, user: str, stops: int) -> dict[str, Any]:

@@ -8,15 +8,28 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from structlog.testing import capture_logs
 
 from callagent.settings import ConfigError, Settings
 from scripts.emulators import dify as de
 
-from .conftest import MakeClient, body, parse_sse
-from .upstream_helpers import FALLBACK, FAST, SPOKEN, first_frame, nothing_left, spoken, sse_turn, stages
+from .conftest import MakeClient, body, upstream_settings
+from .upstream_helpers import (
+    FALLBACK,
+    FAST,
+    LONG_REPLY,
+    SPOKEN,
+    falls_back_in_time,
+    first_frame,
+    interrupted_turn,
+    key_refused,
+    nothing_left,
+    spoken,
+    sse_turn,
+    stages,
+    turn_over_deadline,
+    ws_turn,
+)
 
-LONG_REPLY = "<state>1002</state>" + "请您先把车辆移到路边安全的地方，打开双闪。" * 5
 FORM = [
     {"text-input": {"label": "车牌", "variable": "hphm1", "required": True, "max_length": 20}},
     {"number": {"label": "车辆数", "variable": "vehicles", "required": False}},
@@ -36,14 +49,11 @@ def dify(dify_server: TestServer) -> de.Emulator:
 
 @pytest.fixture
 def dify_settings(dify_server: TestServer, tmp_path: Path) -> Settings:
-    return Settings(
+    return upstream_settings(
+        tmp_path,
         upstream="dify",
         dify_base_url=str(dify_server.make_url("/v1")),  # as Dify's UI shows it
-        dify_api_key="dify-test",  # type: ignore[arg-type]
-        store=f"sqlite:///{tmp_path}/callagent.db",
-        first_token_timeout=5,
-        idle_timeout=5,
-        turn_timeout=20,
+        dify_api_key="dify-test",
     )
 
 
@@ -73,15 +83,8 @@ async def test_turns_over_json_sse_and_websocket_share_one_conversation(client: 
     assert (data["nextStageCode"], data["text"], data["status"]) == ("1002", "您好，请问有人受伤吗？", "completed")
     frames = await sse_turn(client, "d1", "没有人受伤")
     assert stages(frames) == ["1002"] and spoken(frames) == "您好，请问有人受伤吗？"
-    ws = await client.ws_connect("/ws")
-    await ws.send_json({"type": "start", "sessionId": "d1"})
-    assert (await ws.receive_json(timeout=5))["type"] == "ack"
-    await ws.send_json({"type": "chat", "text": "好的"})
-    msgs = []
-    while not msgs or msgs[-1]["type"] not in ("done", "error"):
-        msgs.append(await ws.receive_json(timeout=5))
+    msgs = await ws_turn(client, "d1", "好的")
     assert msgs[-1]["status"] == "completed"
-    await ws.close()
     (conversation,) = dify.conversations.values()
     assert conversation.user == "d1" and len(conversation.messages) == 3
     first, *later = chat_requests(dify)
@@ -192,12 +195,7 @@ async def test_fault_ends_with_fallback_then_error(
     dify.fault_after_chunks = 6
     dify.ping_interval = 0.1
     client = await make_client(dify_settings.with_(**FAST))
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    frames = await sse_turn(client, "a1002", "喂")
-    assert loop.time() - started < 2.0, f"{fault}: deadline not held"
-    assert frames[-1][0] == "error" and frames[-1][1]["type"] == error_type
-    assert stages(frames)[-1] == "0001" and spoken(frames) == before + FALLBACK
+    await falls_back_in_time(client, fault, error_type, before)
     await nothing_left(client, [t for t in dify.tasks if t.fault != "slow_headers"])
     if stop:
         (call,) = await stopped(dify)
@@ -209,10 +207,7 @@ async def test_fault_ends_with_fallback_then_error(
 async def test_barge_in_stops_the_dify_task_as_the_same_user(client: Any, dify: de.Emulator) -> None:
     dify.brain = de.ScriptedBrain([LONG_REPLY, "<state>1002</state>好的。"])
     dify.chunk_delay = 0.05
-    resp = await client.post("/chat?stream=true", json=body("d7", text="喂"))
-    await first_frame(resp, "text_delta")
-    assert (await (await client.post("/cancel", json=body("d7", spokenText="请您先把"))).json())["cancelled"]
-    assert parse_sse(await resp.read())[-1][1]["status"] == "cancelled"
+    assert (await interrupted_turn(client, "d7", "请您先把"))["cancelled"]
     (call,) = await stopped(dify)
     (task,) = dify.tasks
     assert (call.task_id, call.user, call.matched) == (task.task_id, "d7", True)
@@ -272,12 +267,7 @@ async def test_a_conversation_gone_in_dify_is_started_again(client: Any, dify: d
 
 
 async def test_a_refused_key_is_upstream_auth(make_client: MakeClient, dify_settings: Settings) -> None:
-    client = await make_client(dify_settings.with_(dify_api_key="dify-wrong-secret", **FAST))
-    with capture_logs() as logs:
-        data = await (await client.post("/chat", json=body("d13", text="喂"))).json()
-    assert data["error"]["type"] == "upstream_auth" and "wrong-secret" not in data["error"]["msg"]
-    assert (await client.get("/readyz")).status == 502
-    assert "dify-wrong-secret" not in repr(logs)
+    await key_refused(make_client, dify_settings.with_(dify_api_key="dify-wrong-secret"), "d13", "wrong-secret")
 
 
 def test_settings_are_checked_at_start() -> None:
@@ -294,10 +284,7 @@ async def test_whole_turn_deadline_stops_the_task(
 ) -> None:
     dify.brain = de.ScriptedBrain([LONG_REPLY])
     dify.chunk_delay = 0.05
-    client = await make_client(dify_settings.with_(first_token_timeout=1, idle_timeout=1, turn_timeout=0.5))
-    data = await (await client.post("/chat", json=body("d14", text="喂"))).json()
-    assert data["error"]["type"] == "upstream_timeout" and "longer than 0.5s" in data["error"]["msg"]
-    assert data["text"].endswith(FALLBACK) and data["nextStageCode"] == "0001"
+    client = await turn_over_deadline(make_client, dify_settings, "d14")
     (call,) = await stopped(dify)
     assert (call.user, call.matched) == ("d14", True)
     await nothing_left(client, dify.tasks, "d14")

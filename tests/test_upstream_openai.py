@@ -11,16 +11,28 @@ import pytest
 from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 from callagent.settings import Settings
 from callagent.upstream.openai_think import ThinkFilter
 from scripts.emulators import openai_compat as oe
 
-from .conftest import MakeClient, body
-from .upstream_helpers import FALLBACK, FAST, SPOKEN, first_frame, nothing_left, spoken, sse_turn, stages
-
-LONG_REPLY = "<state>1002</state>" + "请您先把车辆移到路边安全的地方，打开双闪。" * 5
+from .conftest import MakeClient, body, upstream_settings
+from .upstream_helpers import (
+    FALLBACK,
+    FAST,
+    LONG_REPLY,
+    SPOKEN,
+    falls_back_in_time,
+    first_frame,
+    interrupted_turn,
+    key_refused,
+    nothing_left,
+    spoken,
+    sse_turn,
+    stages,
+    turn_over_deadline,
+    ws_turn,
+)
 
 
 @pytest.fixture
@@ -35,16 +47,13 @@ def model(openai_server: TestServer) -> oe.Emulator:
 
 @pytest.fixture
 def openai_settings(openai_server: TestServer, tmp_path: Path) -> Settings:
-    return Settings(
+    return upstream_settings(
+        tmp_path,
         upstream="openai",
         openai_base_url=str(openai_server.make_url("/v1")),
-        openai_api_key="openai-test",  # type: ignore[arg-type]
+        openai_api_key="openai-test",
         openai_model="test-model",
         openai_extra_body='{"enable_thinking": false}',
-        store=f"sqlite:///{tmp_path}/callagent.db",
-        first_token_timeout=5,
-        idle_timeout=5,
-        turn_timeout=20,
     )
 
 
@@ -62,15 +71,8 @@ async def test_turns_over_json_sse_and_websocket(client: Any, model: oe.Emulator
     assert (data["nextStageCode"], data["text"], data["status"]) == ("1002", "您好，请问有人受伤吗？", "completed")
     frames = await sse_turn(client, "o1", "没有人受伤")
     assert stages(frames) == ["1002"] and spoken(frames) == "您好，请问有人受伤吗？" and frames[-1][0] == "done"
-    ws = await client.ws_connect("/ws")
-    await ws.send_json({"type": "start", "sessionId": "o1"})
-    assert (await ws.receive_json(timeout=5))["type"] == "ack"
-    await ws.send_json({"type": "chat", "text": "好的"})
-    msgs = []
-    while not msgs or msgs[-1]["type"] not in ("done", "error"):
-        msgs.append(await ws.receive_json(timeout=5))
+    msgs = await ws_turn(client, "o1", "好的")
     assert msgs[-1]["status"] == "completed" and msgs[0]["nextStageCode"] == "1002"
-    await ws.close()
     request = model.requests[-1]
     assert request["model"] == "test-model" and request["stream"] is True and request["enable_thinking"] is False
     assert len(roles(request)) == 5  # two exchanges, then the new words
@@ -135,35 +137,22 @@ async def test_fault_ends_with_fallback_then_error(
     model.set_fault(fault)
     model.fault_after_chunks = 6
     client = await make_client(openai_settings.with_(**FAST))
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    frames = await sse_turn(client, "a1002", "喂")
-    assert loop.time() - started < 2.0, f"{fault}: deadline not held"
-    assert frames[-1][0] == "error" and frames[-1][1]["type"] == error_type
-    assert stages(frames)[-1] == "0001" and spoken(frames) == before + FALLBACK
+    await falls_back_in_time(client, fault, error_type, before)
     await nothing_left(client, model.streams)
 
 
 async def test_a_refused_key_is_upstream_auth_without_the_key(
     make_client: MakeClient, openai_settings: Settings, model: oe.Emulator
 ) -> None:
-    client = await make_client(openai_settings.with_(openai_api_key="sk-wrong-secret", **FAST))
-    with capture_logs() as logs:
-        data = await (await client.post("/chat", json=body("o5", text="喂"))).json()
-    assert data["error"]["type"] == "upstream_auth" and "sk-wrong" not in data["error"]["msg"]
+    settings = openai_settings.with_(openai_api_key="sk-wrong-secret")
+    data = await key_refused(make_client, settings, "o5", "wrong-secret")
     assert data["text"] == FALLBACK
-    assert (await client.get("/readyz")).status == 502
-    assert "sk-wrong-secret" not in repr(logs)
 
 
 async def test_barge_in_closes_the_stream_and_history_keeps_what_was_heard(client: Any, model: oe.Emulator) -> None:
     model.brain = oe.ScriptedBrain([LONG_REPLY, "<state>1002</state>好的。"])
     model.chunk_delay = 0.05
-    resp = await client.post("/chat?stream=true", json=body("o6", text="喂"))
-    await first_frame(resp, "text_delta")
-    reply = await client.post("/cancel", json=body("o6", spokenText="请您先把"))
-    assert (await reply.json())["cancelled"] is True
-    await resp.read()
+    assert (await interrupted_turn(client, "o6", "请您先把"))["cancelled"] is True
     (stream,) = model.streams
     await asyncio.wait_for(stream.closed.wait(), 1)
     assert stream.outcome == "disconnected"
@@ -180,10 +169,7 @@ async def test_barge_in_closes_the_stream_and_history_keeps_what_was_heard(clien
 async def test_a_turn_heard_of_nothing_keeps_strict_alternation(client: Any, model: oe.Emulator) -> None:
     model.brain = oe.ScriptedBrain([LONG_REPLY, "<state>1002</state>好的。"])
     model.chunk_delay = 0.05
-    resp = await client.post("/chat?stream=true", json=body("o7", text="喂"))
-    await first_frame(resp, "text_delta")
-    await client.post("/cancel", json=body("o7", spokenText=""))
-    await resp.read()
+    await interrupted_turn(client, "o7", "")
     model.chunk_delay = 0
     data = await (await client.post("/chat", json=body("o7", text="有人吗"))).json()
     assert data["status"] == "completed"  # the strict emulator accepted the history
@@ -196,10 +182,7 @@ async def test_interrupt_records_delete_drops_the_interrupted_exchange(
     client = await make_client(openai_settings.with_(interrupt_records="delete"))
     model.brain = oe.ScriptedBrain([LONG_REPLY, "<state>1002</state>好的。"])
     model.chunk_delay = 0.05
-    resp = await client.post("/chat?stream=true", json=body("o12", text="喂"))
-    await first_frame(resp, "text_delta")
-    await client.post("/cancel", json=body("o12", spokenText="请您先把"))
-    await resp.read()
+    await interrupted_turn(client, "o12", "请您先把")
     model.chunk_delay = 0
     await client.post("/chat", json=body("o12", text="移好了"))
     assert roles(model.requests[-1]) == [("user", "移好了")]
@@ -273,8 +256,5 @@ def test_think_blocks_are_dropped_wherever_the_stream_cuts(cuts: list[int]) -> N
 async def test_whole_turn_deadline(make_client: MakeClient, openai_settings: Settings, model: oe.Emulator) -> None:
     model.brain = oe.ScriptedBrain([LONG_REPLY])
     model.chunk_delay = 0.05
-    client = await make_client(openai_settings.with_(first_token_timeout=1, idle_timeout=1, turn_timeout=0.5))
-    data = await (await client.post("/chat", json=body("o13", text="喂"))).json()
-    assert data["error"]["type"] == "upstream_timeout" and "longer than 0.5s" in data["error"]["msg"]
-    assert data["text"].endswith(FALLBACK) and data["nextStageCode"] == "0001"
+    client = await turn_over_deadline(make_client, openai_settings, "o13")
     await nothing_left(client, model.streams, "o13")

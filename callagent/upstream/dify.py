@@ -32,15 +32,14 @@ client tracks and awaits on close.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
 import structlog
 
-from ..errors import NotSupported, UpstreamAuth, UpstreamError, UpstreamProtocol, UpstreamUnavailable
-from ..sse import SSEError, SSEEvent, read_events
+from ..errors import NotSupported, UpstreamAuth, UpstreamError, UpstreamProtocol
 from .base import KEEPALIVE, UpstreamChunk, UpstreamTurn, VariablesUpdate
 from .dify_vars import (
     CONVERSATION_KEY,
@@ -51,9 +50,11 @@ from .dify_vars import (
     parse_input_form,
     to_variable_type,
 )
+from .http import Peer, frame_json, post_stream, read_small, request_small, sse_events
 from .openai_think import ThinkFilter
 
 log = structlog.get_logger(__name__)
+_PEER = Peer("Dify", log, "dify")
 
 _MAX_MESSAGE = 300
 _MAX_PAGES = 50
@@ -111,7 +112,7 @@ class DifyClient:
             async with response:
                 think = ThinkFilter()
                 agent = replaced = False
-                async for event in _frames(response):
+                async for event in sse_events(response, _PEER):
                     payload = _json(event.data)
                     kind = payload.get("event")
                     task_id = task_id or _str(payload.get("task_id")) or None
@@ -166,28 +167,15 @@ class DifyClient:
         if response.status == 200 and "text/event-stream" in response.headers.get("Content-Type", ""):
             return response
         async with response:
-            raw = await _read_small(response)
+            raw = await read_small(response)
         if response.status == 404 and conversation_id:
             return None
         raise _http_error(response.status, raw)
 
     async def _post_chat(self, body: bytes) -> aiohttp.ClientResponse:
-        url = f"{self._base}/v1/chat-messages"
         headers = {**self._headers, "Content-Type": "application/json"}
-        for attempt in (1, 2):
-            try:
-                return await self._http.post(url, data=body, headers=headers, timeout=self._timeout)
-            except aiohttp.ClientConnectorError as e:
-                # Nothing reached Dify: safe to try once more.
-                if attempt == 2:
-                    raise UpstreamUnavailable(f"cannot connect to Dify: {e.os_error.strerror or e}") from e
-                log.warning("dify_connect_retry", error=str(e.os_error.strerror or e))
-            except TimeoutError as e:
-                if attempt == 2:
-                    raise UpstreamUnavailable("connecting to Dify timed out") from e
-            except aiohttp.ClientError as e:
-                raise UpstreamProtocol(f"Dify request failed: {type(e).__name__}") from e
-        raise AssertionError("unreachable")
+        url = f"{self._base}/v1/chat-messages"
+        return await post_stream(self._http, _PEER, url, body=body, headers=headers, client_timeout=self._timeout)
 
     # -- barge-in --------------------------------------------------------------------------
 
@@ -295,19 +283,21 @@ class DifyClient:
         if json is not None:
             headers["Content-Type"] = "application/json"
             data = orjson.dumps(json)
-        try:
-            async with self._http.request(
-                method, self._base + path, params=params, data=data, headers=headers, timeout=self._call_timeout
-            ) as response:
-                raw = await _read_small(response)
-        except aiohttp.ClientConnectorError as e:
-            raise UpstreamUnavailable(f"cannot connect to Dify: {e.os_error.strerror or e}") from e
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise UpstreamUnavailable(f"Dify did not answer {method} {path.split('/')[2]}: {type(e).__name__}") from e
-        if response.status == 204 or (response.status == 404 and method == "DELETE"):
+        status, raw = await request_small(
+            self._http,
+            _PEER,
+            method,
+            self._base + path,
+            failed=f"did not answer {method} {path.split('/')[2]}",
+            client_timeout=self._call_timeout,
+            headers=headers,
+            params=params,
+            data=data,
+        )
+        if status == 204 or (status == 404 and method == "DELETE"):
             return {}
-        if response.status != 200:
-            raise _http_error(response.status, raw)
+        if status != 200:
+            raise _http_error(status, raw)
         payload = _json(raw)
         if not payload:
             raise UpstreamProtocol(f"Dify answered {method} with a body that is not a JSON object")
@@ -317,22 +307,8 @@ class DifyClient:
 # -- stream parsing -------------------------------------------------------------------------
 
 
-async def _frames(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
-    try:
-        async for event in read_events(response):
-            yield event
-    except SSEError as e:
-        raise UpstreamProtocol(f"Dify sent a broken stream: {e}") from None
-    except (aiohttp.ClientError, ConnectionError) as e:
-        raise UpstreamProtocol(f"Dify connection broke mid-stream: {type(e).__name__}") from None
-
-
 def _json(data: bytes) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        log.warning("dify_bad_frame", data=data[:200].decode(errors="replace"))
-        return {}
+    payload = frame_json(data, _PEER)
     return payload if isinstance(payload, dict) else {}
 
 
@@ -351,10 +327,6 @@ def _workflow_error(payload: dict[str, Any]) -> str:
 
 
 # -- errors ---------------------------------------------------------------------------------
-
-
-async def _read_small(response: aiohttp.ClientResponse, limit: int = 64 * 1024) -> bytes:
-    return await response.content.read(limit)
 
 
 def _http_error(status: int, raw: bytes) -> UpstreamError:

@@ -17,20 +17,21 @@ an EOF before the end are failures.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
 import structlog
 
-from ..errors import UpstreamAuth, UpstreamError, UpstreamProtocol, UpstreamUnavailable
-from ..sse import SSEError, SSEEvent, read_events
+from ..errors import UpstreamAuth, UpstreamError, UpstreamProtocol
 from .base import END_OF_SPEECH, KEEPALIVE, UpstreamChunk, UpstreamTurn
+from .http import Peer, frame_json, post_stream, read_small, request_small, sse_events
 from .openai_messages import PromptTemplate, build_messages
 from .openai_think import ThinkFilter
 
 log = structlog.get_logger(__name__)
+_PEER = Peer("the model server", log, "openai")
 
 _AUTH_STATUSES = {401, 403}
 _MAX_MESSAGE = 300
@@ -84,12 +85,12 @@ class OpenAICompatClient:
         response = await self._post_completions(orjson.dumps(body))
         async with response:
             if response.status != 200:
-                raise _http_error(response.status, await _read_small(response))
+                raise _http_error(response.status, await read_small(response))
             if "text/event-stream" not in response.headers.get("Content-Type", ""):
-                raise _http_error(200, await _read_small(response))
+                raise _http_error(200, await read_small(response))
             think = ThinkFilter()
             finished = done = False
-            async for event in _frames(response):
+            async for event in sse_events(response, _PEER):
                 if event.data == b"[DONE]":
                     done = True
                     break
@@ -114,22 +115,9 @@ class OpenAICompatClient:
                 yield tail
 
     async def _post_completions(self, body: bytes) -> aiohttp.ClientResponse:
-        url = f"{self._base}/chat/completions"
         headers = {**self._headers, "Content-Type": "application/json", "Accept": "text/event-stream"}
-        for attempt in (1, 2):
-            try:
-                return await self._http.post(url, data=body, headers=headers, timeout=self._timeout)
-            except aiohttp.ClientConnectorError as e:
-                # Nothing reached the server: safe to try once more.
-                if attempt == 2:
-                    raise UpstreamUnavailable(f"cannot connect to the model server: {e.os_error.strerror or e}") from e
-                log.warning("openai_connect_retry", error=str(e.os_error.strerror or e))
-            except TimeoutError as e:
-                if attempt == 2:
-                    raise UpstreamUnavailable("connecting to the model server timed out") from e
-            except aiohttp.ClientError as e:
-                raise UpstreamProtocol(f"the model server request failed: {type(e).__name__}") from e
-        raise AssertionError("unreachable")
+        url = f"{self._base}/chat/completions"
+        return await post_stream(self._http, _PEER, url, body=body, headers=headers, client_timeout=self._timeout)
 
     # -- records and sessions: the history lives in callagent's store ------------------------
 
@@ -140,39 +128,25 @@ class OpenAICompatClient:
         """Nothing is stored upstream; the engine deletes the session's transcript."""
 
     async def check_ready(self) -> None:
-        try:
-            async with self._http.get(
-                f"{self._base}/models", headers=self._headers, timeout=self._ready_timeout
-            ) as response:
-                raw = await _read_small(response)
-        except aiohttp.ClientConnectorError as e:
-            raise UpstreamUnavailable(f"cannot connect to the model server: {e.os_error.strerror or e}") from e
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise UpstreamUnavailable(f"the model server did not answer: {type(e).__name__}") from e
-        if response.status != 200:
-            raise _http_error(response.status, raw)
+        status, raw = await request_small(
+            self._http,
+            _PEER,
+            "GET",
+            f"{self._base}/models",
+            failed="did not answer",
+            client_timeout=self._ready_timeout,
+            headers=self._headers,
+        )
+        if status != 200:
+            raise _http_error(status, raw)
 
 
 # -- stream parsing -------------------------------------------------------------------------
 
 
-async def _frames(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
-    try:
-        async for event in read_events(response):
-            yield event
-    except SSEError as e:
-        raise UpstreamProtocol(f"the model server sent a broken stream: {e}") from None
-    except (aiohttp.ClientError, ConnectionError) as e:
-        raise UpstreamProtocol(f"the model server connection broke mid-stream: {type(e).__name__}") from None
-
-
 def _choice(data: bytes) -> dict[str, Any]:
     """The first choice of a chunk ({} for a chunk without one); an error frame raises."""
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        log.warning("openai_bad_frame", data=data[:200].decode(errors="replace"))
-        return {}
+    payload = frame_json(data, _PEER)
     if not isinstance(payload, dict):
         return {}
     if payload.get("error") is not None or payload.get("object") == "error":  # vLLM, newer and older
@@ -184,10 +158,6 @@ def _choice(data: bytes) -> dict[str, Any]:
 
 
 # -- errors ---------------------------------------------------------------------------------
-
-
-async def _read_small(response: aiohttp.ClientResponse, limit: int = 64 * 1024) -> bytes:
-    return await response.content.read(limit)
 
 
 def _http_error(status: int, raw: bytes) -> UpstreamError:

@@ -33,7 +33,6 @@ Usage: ``python -m scripts.emulators.dify --port 5001 [--mode advanced-chat] [--
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -45,7 +44,8 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-DEFAULT_REPLY: Final = "<state>1002</state>您好，请问有人受伤吗？"
+from .common import DEFAULT_REPLY, FaultSwitch, ScriptedReplies, emulator_parser, pieces, serve
+
 REPLACEMENT: Final = "抱歉，这个问题我无法回答。"
 THINKING: Final = "用户报告了交通事故，先确认是否有人受伤。"
 MODES: Final = ("advanced-chat", "chat", "agent-chat")
@@ -94,18 +94,8 @@ class Conversation:
     updated_at: float = field(default_factory=time.time)
 
 
-class ScriptedBrain:
+class ScriptedBrain(ScriptedReplies[[str, Conversation]]):
     """Replies in turn (the last one repeats), or ``reply(query, conversation) -> text``."""
-
-    def __init__(self, replies: Sequence[str] | Callable[[str, Conversation], str] = (DEFAULT_REPLY,)) -> None:
-        self._replies = replies
-        self.calls = 0
-
-    def reply(self, query: str, conversation: Conversation) -> str:
-        self.calls += 1
-        if callable(self._replies):
-            return self._replies(query, conversation)
-        return self._replies[min(self.calls, len(self._replies)) - 1]
 
 
 @dataclass(slots=True)
@@ -134,10 +124,11 @@ class StopCall:
     matched: bool  # the task exists and belongs to this user: it was stopped
 
 
-class Emulator:
+class Emulator(FaultSwitch):
     def __init__(self, brain: ScriptedBrain, *, api_key: str, mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
+        super().__init__(FAULT_MODES)
         self.brain = brain
         self.api_key = api_key
         self.mode = mode
@@ -149,24 +140,11 @@ class Emulator:
         self.slow_headers_delay = 10.0
         self.fault_after_chunks = 3
         self.json_style = "ascii"  # Dify's json.dumps default; "compact": UTF-8 without blanks
-        self.fault: str | None = None
-        self._once: list[str | None] = []
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, JSON body or query)
         self.tasks: list[Task] = []
         self.stops: list[StopCall] = []
         self.conversations: dict[str, Conversation] = {}
         self.workers: set[asyncio.Task[None]] = set()
-
-    def set_fault(self, mode: str | None, count: int | None = None) -> None:
-        if mode is not None and mode not in FAULT_MODES:
-            raise ValueError(f"unknown fault mode {mode!r}")
-        if count is None:
-            self.fault, self._once = mode, []
-        else:
-            self._once = [mode] * count
-
-    def take_fault(self) -> str | None:
-        return self._once.pop() if self._once else self.fault
 
     def encode(self, payload: dict[str, Any]) -> bytes:
         if self.json_style == "compact":
@@ -384,9 +362,8 @@ class _Generation:
         if fault == "reasoning":
             self.emit("reasoning_chunk", data={"text": THINKING})
             reply = f"<think>{THINKING}</think>\n\n{reply}"
-        pieces = [reply[i : i + emu.chunk_chars] for i in range(0, len(reply), emu.chunk_chars)]
         sent = ""
-        for index, piece in enumerate(pieces):
+        for index, piece in enumerate(pieces(reply, emu.chunk_chars)):
             if fault in _CUT_SHORT and index >= emu.fault_after_chunks:
                 return await self._cut_short(sent)
             if fault == "malformed":
@@ -460,9 +437,15 @@ async def stop_task(request: web.Request) -> web.Response:
 # -- conversations and their variables --------------------------------------------------------
 
 
-def _owned(emu: Emulator, cid: str, user: str) -> Conversation | None:
-    conversation = emu.conversations.get(cid)
-    return conversation if conversation is not None and conversation.user == user else None
+async def _guard_conversation(request: web.Request) -> tuple[Emulator, dict[str, Any], Conversation] | web.Response:
+    """``_guard``, then the caller's own conversation the path names; else the error response."""
+    emu, data, error = await _guard(request)
+    if error:
+        return error
+    conversation = emu.conversations.get(request.match_info["cid"])
+    if conversation is None or conversation.user != data["user"]:
+        return _error(404, "not_found", "Conversation Not Exists.")
+    return emu, data, conversation
 
 
 async def list_conversations(request: web.Request) -> web.Response:
@@ -477,23 +460,19 @@ async def list_conversations(request: web.Request) -> web.Response:
 
 
 async def delete_conversation(request: web.Request) -> web.Response:
-    emu, data, error = await _guard(request)
-    if error:
-        return error
-    conversation = _owned(emu, request.match_info["cid"], data["user"])
-    if conversation is None:
-        return _error(404, "not_found", "Conversation Not Exists.")
+    guarded = await _guard_conversation(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    emu, _, conversation = guarded
     del emu.conversations[conversation.id]
     return web.Response(status=204)
 
 
 async def list_variables(request: web.Request) -> web.Response:
-    emu, data, error = await _guard(request)
-    if error:
-        return error
-    conversation = _owned(emu, request.match_info["cid"], data["user"])
-    if conversation is None:
-        return _error(404, "not_found", "Conversation Not Exists.")
+    guarded = await _guard_conversation(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    _, data, conversation = guarded
     rows = [
         {"id": v.id, "name": v.name, "value_type": v.value_type, "value": v.value, "description": v.description}
         for v in conversation.variables.values()
@@ -505,12 +484,10 @@ _TYPES: Final = {"string": str, "secret": str, "number": int | float, "boolean":
 
 
 async def update_variable(request: web.Request) -> web.Response:
-    emu, data, error = await _guard(request)
-    if error:
-        return error
-    conversation = _owned(emu, request.match_info["cid"], data["user"])
-    if conversation is None:
-        return _error(404, "not_found", "Conversation Not Exists.")
+    guarded = await _guard_conversation(request)
+    if isinstance(guarded, web.Response):
+        return guarded
+    _, data, conversation = guarded
     variable = next((v for v in conversation.variables.values() if v.id == request.match_info["vid"]), None)
     if variable is None:
         return _error(404, "not_found", "Conversation Variable Not Exists.")
@@ -536,19 +513,19 @@ async def control_state(request: web.Request) -> web.Response:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve a Dify service API emulator.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5001)
-    parser.add_argument("--api-key", default="dify-test")
+    parser = emulator_parser(
+        "scripts.emulators.dify",
+        "Serve a Dify service API emulator.",
+        port=5001,
+        api_key="dify-test",
+        fault_modes=FAULT_MODES,
+    )
     parser.add_argument("--mode", choices=MODES, default="advanced-chat")
-    parser.add_argument("--reply", action="append", metavar="TEXT", help="a scripted reply (repeatable: used in turn)")
-    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between answer pieces")
-    parser.add_argument("--fault", choices=sorted(FAULT_MODES))
     args = parser.parse_args(argv)
     app = create_emulator_app(ScriptedBrain(args.reply or [DEFAULT_REPLY]), api_key=args.api_key, mode=args.mode)
     app[EMULATOR].set_fault(args.fault)
     app[EMULATOR].chunk_delay = args.chunk_delay
-    web.run_app(app, host=args.host, port=args.port, handler_cancellation=True, access_log=None)
+    serve(app, args)
 
 
 if __name__ == "__main__":

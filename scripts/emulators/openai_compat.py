@@ -24,17 +24,17 @@ Usage: ``python -m scripts.emulators.openai_compat --port 8001 [--reply TEXT ...
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-DEFAULT_REPLY: Final = "<state>1002</state>您好，请问有人受伤吗？"
+from .common import DEFAULT_REPLY, FaultSwitch, ScriptedReplies, emulator_parser, pieces, serve
+
 REASONING_TEXT: Final = "用户报告了交通事故，先确认是否有人受伤。"
 
 FAULT_MODES: Final = frozenset(
@@ -61,18 +61,8 @@ _CUT_SHORT: Final = frozenset({"error_mid", "error_object", "eof", "stall", "abo
 SSE_HEADERS: Final = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
-class ScriptedBrain:
+class ScriptedBrain(ScriptedReplies[[list[dict[str, Any]]]]):
     """Replies in turn (the last one repeats), or ``reply(messages) -> text``."""
-
-    def __init__(self, replies: Sequence[str] | Callable[[list[dict[str, Any]]], str] = (DEFAULT_REPLY,)) -> None:
-        self._replies = replies
-        self.calls = 0
-
-    def reply(self, messages: list[dict[str, Any]]) -> str:
-        self.calls += 1
-        if callable(self._replies):
-            return self._replies(messages)
-        return self._replies[min(self.calls, len(self._replies)) - 1]
 
 
 @dataclass(slots=True)
@@ -88,35 +78,22 @@ class StreamLog:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class Emulator:
+class Emulator(FaultSwitch):
     """Run-time knobs and everything the server has seen."""
 
     def __init__(self, brain: ScriptedBrain, *, api_key: str, model: str, chunk_chars: int, strict: bool) -> None:
+        super().__init__(FAULT_MODES)
         self.brain = brain
         self.api_key = api_key
         self.model = model
         self.chunk_chars = chunk_chars
         self.chunk_delay = 0.0
         self.strict = strict
-        self.fault: str | None = None
         self.fault_after_chunks = 3
         self.slow_headers_delay = 10.0
         self.keepalive_interval = 0.1
         self.requests: list[dict[str, Any]] = []
         self.streams: list[StreamLog] = []
-        self._once: list[str | None] = []
-
-    def set_fault(self, mode: str | None, count: int | None = None) -> None:
-        """Use ``mode`` for the next ``count`` calls (``None``: for all of them)."""
-        if mode is not None and mode not in FAULT_MODES:
-            raise ValueError(f"unknown fault mode {mode!r}")
-        if count is None:
-            self.fault, self._once = mode, []
-        else:
-            self._once = [mode] * count
-
-    def take_fault(self) -> str | None:
-        return self._once.pop() if self._once else self.fault
 
 
 EMULATOR: Final = web.AppKey("openai_emulator", Emulator)
@@ -279,11 +256,11 @@ class _Stream:
         await send(self._chunk({"role": "assistant", "content": ""}))
         if fault in ("reasoning", "reasoning_vllm"):
             key = "reasoning_content" if fault == "reasoning" else "reasoning"
-            for piece in _cut(REASONING_TEXT, emu.chunk_chars):
+            for piece in pieces(REASONING_TEXT, emu.chunk_chars):
                 await send(self._chunk({key: piece, "content": None}))
         if fault == "think":
             reply = f"<think>{REASONING_TEXT}</think>\n\n{reply}"
-        for sent, piece in enumerate(_cut(reply, emu.chunk_chars)):
+        for sent, piece in enumerate(pieces(reply, emu.chunk_chars)):
             if fault in _CUT_SHORT and sent >= emu.fault_after_chunks:
                 await self._cut_short()
                 return
@@ -324,10 +301,6 @@ class _Stream:
             self.log.outcome = "eof"
 
 
-def _cut(text: str, size: int) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
 # -- control ----------------------------------------------------------------------------------
 
 
@@ -345,16 +318,17 @@ async def control_requests(request: web.Request) -> web.Response:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve an OpenAI-compatible chat completions emulator.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--api-key", default="openai-test", help="the key required ('' accepts any)")
+    parser = emulator_parser(
+        "scripts.emulators.openai_compat",
+        "Serve an OpenAI-compatible chat completions emulator.",
+        port=8001,
+        api_key="openai-test",
+        api_key_help="the key required ('' accepts any)",
+        fault_modes=FAULT_MODES,
+    )
     parser.add_argument("--model", default="test-model")
-    parser.add_argument("--reply", action="append", metavar="TEXT", help="a scripted reply (repeatable: used in turn)")
     parser.add_argument("--chunk-chars", type=int, default=4)
     parser.add_argument("--lenient", action="store_true", help="accept any message order (not DeepSeek-strict)")
-    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between content chunks")
-    parser.add_argument("--fault", choices=sorted(FAULT_MODES))
     args = parser.parse_args(argv)
     app = create_emulator_app(
         ScriptedBrain(args.reply or [DEFAULT_REPLY]),
@@ -365,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     app[EMULATOR].set_fault(args.fault)
     app[EMULATOR].chunk_delay = args.chunk_delay
-    web.run_app(app, host=args.host, port=args.port, handler_cancellation=True, access_log=None)
+    serve(app, args)
 
 
 if __name__ == "__main__":

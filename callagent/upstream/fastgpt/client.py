@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -31,14 +31,15 @@ import aiohttp
 import orjson
 import structlog
 
-from ...errors import UpstreamBusy, UpstreamError, UpstreamProtocol, UpstreamUnavailable
-from ...sse import SSEError, SSEEvent, read_events
+from ...errors import UpstreamBusy, UpstreamError, UpstreamProtocol
 from ..base import END_OF_SPEECH, KEEPALIVE, UpstreamChunk, UpstreamRecords, UpstreamTurn, VariablesUpdate
+from ..http import Peer, frame_json, post_stream, read_small, request_small, sse_events
 from . import interactive
 from .errors import error_from, error_from_body
 from .interactive import INTERACTIVE_KEY
 
 log = structlog.get_logger(component="callagent.upstream.fastgpt")
+_PEER = Peer("FastGPT", log, "fastgpt")
 
 CHAT = "/api/core/chat"
 PATHS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -161,12 +162,12 @@ class FastGPTClient:
         response = await self._post_completions(body)
         async with response:
             if response.status != 200:
-                raise error_from_body(response.status, await _read_small(response))
+                raise error_from_body(response.status, await read_small(response))
             if "text/event-stream" not in response.headers.get("Content-Type", ""):
-                raise error_from_body(200, await _read_small(response))
+                raise error_from_body(200, await read_small(response))
             ended = asked = False
             try:
-                async for event, data in _events(response):
+                async for event, data in sse_events(response, _PEER):
                     if data == b"[DONE]" or event == b"workflowDuration" or _is_stop_chunk(event, data):
                         if not ended:
                             ended = True
@@ -178,7 +179,7 @@ class FastGPTClient:
                     elif ended:
                         continue  # FastGPT's bookkeeping after the end of speech
                     elif event == b"interactive":
-                        asked_now = interactive.question_of(_json(data))
+                        asked_now = interactive.question_of(frame_json(data, _PEER))
                         asked = True
                         yield VariablesUpdate({INTERACTIVE_KEY: asked_now})
                         yield interactive.speech(asked_now)
@@ -192,22 +193,9 @@ class FastGPTClient:
                 raise UpstreamProtocol("FastGPT closed the stream before [DONE]")
 
     async def _post_completions(self, body: bytes) -> aiohttp.ClientResponse:
-        url = f"{self._base}/api/v1/chat/completions"
         headers = {**self._headers, "Content-Type": "application/json"}
-        for attempt in (1, 2):
-            try:
-                return await self._http.post(url, data=body, headers=headers, timeout=self._timeout)
-            except aiohttp.ClientConnectorError as e:
-                # Nothing reached FastGPT: safe to try once more.
-                if attempt == 2:
-                    raise UpstreamUnavailable(f"cannot connect to FastGPT: {e.os_error.strerror or e}") from e
-                log.warning("fastgpt_connect_retry", error=str(e.os_error.strerror or e))
-            except TimeoutError as e:
-                if attempt == 2:
-                    raise UpstreamUnavailable("connecting to FastGPT timed out") from e
-            except aiohttp.ClientError as e:
-                raise UpstreamProtocol(f"FastGPT request failed: {type(e).__name__}") from e
-        raise AssertionError("unreachable")
+        url = f"{self._base}/api/v1/chat/completions"
+        return await post_stream(self._http, _PEER, url, body=body, headers=headers, client_timeout=self._timeout)
 
     # -- records and sessions --------------------------------------------------------------
 
@@ -282,24 +270,21 @@ class FastGPTClient:
         self, method: str, path: str, *, query: dict[str, str] | None = None, body: dict[str, Any] | None = None
     ) -> Any:
         headers = self._headers if body is None else {**self._headers, "Content-Type": "application/json"}
-        try:
-            async with self._http.request(
-                method,
-                self._base + path,
-                params=query,
-                data=None if body is None else orjson.dumps(body),
-                headers=headers,
-                timeout=self._request_timeout,
-            ) as response:
-                raw = await _read_small(response)
-        except aiohttp.ClientConnectorError as e:
-            raise UpstreamUnavailable(f"cannot connect to FastGPT: {e.os_error.strerror or e}") from e
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise UpstreamUnavailable(f"FastGPT request failed: {type(e).__name__}") from e
-        if response.status == 404:
+        status, raw = await request_small(
+            self._http,
+            _PEER,
+            method,
+            self._base + path,
+            failed="request failed",
+            client_timeout=self._request_timeout,
+            headers=headers,
+            params=query,
+            data=None if body is None else orjson.dumps(body),
+        )
+        if status == 404:
             raise _PathMissing(path)
-        if response.status != 200:
-            raise error_from_body(response.status, raw)
+        if status != 200:
+            raise error_from_body(status, raw)
         try:
             envelope = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -312,30 +297,20 @@ class FastGPTClient:
 # -- stream parsing -------------------------------------------------------------------------
 
 
-async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
-    try:
-        async for event in read_events(response):
-            yield event
-    except SSEError as e:
-        raise UpstreamProtocol(f"FastGPT sent a broken stream: {e}") from None
-    except (aiohttp.ClientError, ConnectionError) as e:
-        raise UpstreamProtocol(f"FastGPT connection broke mid-stream: {type(e).__name__}") from None
-
-
 def _chunk_of(event: bytes | None, data: bytes) -> UpstreamChunk:
     """What one frame before the end of speech means for the turn."""
     if event in (b"answer", b"fastAnswer", None):
-        payload = _json(data)
+        payload = frame_json(data, _PEER)
         try:
             content = payload["choices"][0]["delta"].get("content")
         except (TypeError, KeyError, IndexError, AttributeError):
             return KEEPALIVE
         return content if isinstance(content, str) and content else KEEPALIVE
     if event == b"updateVariables":
-        payload = _json(data)
+        payload = frame_json(data, _PEER)
         return VariablesUpdate(payload) if isinstance(payload, dict) else KEEPALIVE
     if event == b"error":
-        raise error_from(200, _json(data))
+        raise error_from(200, frame_json(data, _PEER))
     return KEEPALIVE
 
 
@@ -343,24 +318,12 @@ def _is_stop_chunk(event: bytes | None, data: bytes) -> bool:
     """The answer chunk FastGPT sends once the chat is saved (the end signal before 4.9.7)."""
     if event not in (b"answer", None) or b'"stop"' not in data:
         return False
-    payload = _json(data)
+    payload = frame_json(data, _PEER)
     try:
         choice = payload["choices"][0]
         return bool(choice.get("finish_reason") == "stop" and not choice["delta"].get("content"))
     except (TypeError, KeyError, IndexError, AttributeError):
         return False
-
-
-def _json(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        log.warning("fastgpt_bad_frame", data=data[:200].decode(errors="replace"))
-        return None
-
-
-async def _read_small(response: aiohttp.ClientResponse, limit: int = 64 * 1024) -> bytes:
-    return await response.content.read(limit)
 
 
 class _Recent:

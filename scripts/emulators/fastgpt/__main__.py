@@ -6,8 +6,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from aiohttp import web
-
+from ..common import emulator_parser, serve
 from .app import create_emulator_app
 from .brains import DEFAULT_REPLY, Brain, LocalBrain, ScriptedBrain
 from .builds import BUILDS, DEFAULT_BUILD
@@ -15,21 +14,19 @@ from .faults import FAULT_MODES
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m scripts.emulators.fastgpt", description="Serve a FastGPT OpenAPI emulator."
+    parser = emulator_parser(
+        "scripts.emulators.fastgpt",
+        "Serve a FastGPT OpenAPI emulator.",
+        port=3000,
+        api_key="fastgpt-test",
+        fault_modes=FAULT_MODES,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=3000)
-    parser.add_argument("--api-key", default="fastgpt-test")
     parser.add_argument("--app-id", default="app1")
-    parser.add_argument("--reply", action="append", metavar="TEXT", help="a scripted reply (repeatable: used in turn)")
     parser.add_argument("--brain", choices=("scripted", "local"), default="scripted")
     parser.add_argument("--chunk-chars", type=int, default=4)
-    parser.add_argument("--chunk-delay", type=float, default=0.0)
     parser.add_argument("--first-chunk-delay", type=float, default=0.0)
     parser.add_argument("--heartbeat", type=float, default=10.0, help="heartbeat interval in seconds")
     parser.add_argument("--build", choices=sorted(BUILDS), default=DEFAULT_BUILD, help="the FastGPT release to be")
-    parser.add_argument("--fault", choices=sorted(FAULT_MODES))
     parser.add_argument("--access-log", action="store_true", help="log every request (slows benchmarks)")
     return parser.parse_args(argv)
 
@@ -52,13 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.access_log:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         access_log = logging.getLogger("aiohttp.access")
-    web.run_app(
-        app,
-        host=args.host,
-        port=args.port,
-        handler_cancellation=True,
-        access_log=access_log,
-    )
+    serve(app, args, access_log=access_log)
 
 
 if __name__ == "__main__":

@@ -94,11 +94,6 @@ INTERACTIVE_FAULTS: Final = {
 }
 
 
-def check_fault(mode: str | None) -> None:
-    if mode is not None and mode not in FAULT_MODES:
-        raise ValueError(f"unknown fault mode {mode!r}; known: {', '.join(sorted(FAULT_MODES))}")
-
-
 MALFORMED_FRAMES: Final = (
     # Cut off inside a string: a parser that salvages it would speak 乱码.
     b'event: answer\ndata: {"id":"","object":"","choices":[{"delta":{"role":"assistant","content":"'

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from ..common import FaultSwitch
 from .brains import Brain
 from .builds import build_named
-from .faults import check_fault
+from .faults import FAULT_MODES
 
 if TYPE_CHECKING:
     from .completions import Run
@@ -66,7 +67,7 @@ class StreamLog:
         return out | {"closed": self.closed.is_set()}
 
 
-class Emulator:
+class Emulator(FaultSwitch):
     """Settings (mutable at run time) and everything the emulator has seen and stored."""
 
     def __init__(
@@ -84,7 +85,7 @@ class Emulator:
     ) -> None:
         if chunk_chars < 1:
             raise ValueError("chunk_chars must be >= 1")
-        check_fault(fault)
+        super().__init__(FAULT_MODES, fault)
         self.build = build_named(build)
         self.brain = brain
         self.api_key = api_key
@@ -93,7 +94,6 @@ class Emulator:
         self.chunk_delay = chunk_delay
         self.first_chunk_delay = first_chunk_delay
         self.heartbeat_interval = heartbeat_interval
-        self.fault = fault
         self.slow_headers_delay = 10.0
         self.fault_after_chunks = 3  # answer chunks sent before a cut-short fault strikes
         self.save_delay = 0.0  # seconds between workflowDuration and the stop chunk (saving the chat)
@@ -107,23 +107,7 @@ class Emulator:
         self.requests: list[RecordedRequest] = []
         self.chats: dict[tuple[str, str], Chat] = {}
         self.streams: list[StreamLog] = []
-        self._fault_once: str | None = None
-        self._fault_once_left = 0
         self._runs: dict[tuple[str, str], set[Run]] = {}
-
-    def set_fault(self, mode: str | None, count: int | None = None) -> None:
-        """Use ``mode`` for the next ``count`` completions calls (``None``: for all of them)."""
-        check_fault(mode)
-        if count is None:
-            self.fault, self._fault_once_left = mode, 0
-        else:
-            self._fault_once, self._fault_once_left = mode, count
-
-    def take_fault(self) -> str | None:
-        if self._fault_once_left > 0:
-            self._fault_once_left -= 1
-            return self._fault_once
-        return self.fault
 
     def set_build(self, name: str) -> None:
         self.build = build_named(name)
