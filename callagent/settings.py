@@ -48,6 +48,12 @@ class Settings:
     store: str = "sqlite:///var/callagent.db"
     api_keys: tuple[Secret, ...] = ()
     connect_timeout: float = 3.0
+    # Upstream calls other than the reply stream (readiness, deletes) are whole within this.
+    upstream_request_timeout: float = 5.0
+    # A store operation that takes longer fails (503 store_unavailable): a stalled disk or Redis.
+    store_timeout: float = 2.0
+    # Request headers and a request body must arrive within this (slow or stalled clients).
+    request_read_timeout: float = 15.0
     first_token_timeout: float = 10.0
     idle_timeout: float = 15.0
     turn_timeout: float = 120.0
@@ -64,6 +70,9 @@ class Settings:
     sse_send_timeout: float = 15.0
     max_text_chars: int = 4000
     max_body_bytes: int = 64 * 1024
+    # Per session: at most this many variables, of at most this many bytes together (JSON).
+    max_variables: int = 256
+    max_variables_bytes: int = 256 * 1024
     ws_send_queue: int = 256
     ws_heartbeat: float = 20.0
     shutdown_timeout: float = 10.0
@@ -184,6 +193,9 @@ def _validate(s: Settings) -> None:
         fail("CALLAGENT_STORE", f"{s.store!r}: use sqlite:///path.db, redis://host:port/db or memory://")
     for name in (
         "connect_timeout",
+        "upstream_request_timeout",
+        "store_timeout",
+        "request_read_timeout",
         "first_token_timeout",
         "idle_timeout",
         "turn_timeout",
@@ -204,6 +216,13 @@ def _validate(s: Settings) -> None:
         fail("CALLAGENT_LOG_FORMAT", "must be 'console', 'json' or 'auto'")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         fail("CALLAGENT_LOG_LEVEL", "must be debug, info, warning or error")
-    for name in ("max_text_chars", "max_body_bytes", "ws_send_queue", "transcript_ttl"):
+    for name in (
+        "max_text_chars",
+        "max_body_bytes",
+        "max_variables",
+        "max_variables_bytes",
+        "ws_send_queue",
+        "transcript_ttl",
+    ):
         if getattr(s, name) < 1:
             fail(f"CALLAGENT_{name.upper()}", "must be >= 1")

@@ -76,6 +76,7 @@ class Turn:
         # and its terminal event sent; a cancel only stops what follows. "draining": the
         # caller has the whole reply; a cancel cuts the upstream's bookkeeping short.
         self.phase = "running"
+        self.started = False  # the task has begun running (a task cancelled before that never runs)
         self.ended = False  # the terminal event was emitted
         self._ended_event: asyncio.Event | None = None  # made only when someone waits for it
         self._drain_deadline: asyncio.Timeout | None = None
@@ -100,7 +101,10 @@ class Turn:
         self.cancel_requested = True
         if self.phase == "running":
             self.spoken_text = spoken_text
-            self.task.cancel()
+            # A task cancelled before its first step never runs its body, so it would never
+            # emit a terminal event: a turn not started yet sees the flag as it starts instead.
+            if self.started:
+                self.task.cancel()
             return True
         if self._drain_deadline is not None:
             self._drain_deadline.reschedule(asyncio.get_running_loop().time())
@@ -173,8 +177,19 @@ class TurnEngine:
         turn.task = asyncio.create_task(self._run(turn, prior), name=f"turn-{turn.id}")
         self._tasks.add(turn.task)
         turn.task.add_done_callback(self._tasks.discard)
+        turn.task.add_done_callback(lambda _: self._never_ran(turn))
         self.metrics.running_turns.inc()
         return turn
+
+    def _never_ran(self, turn: Turn) -> None:
+        """The task was cancelled from outside before its first step (loop shutdown): its body,
+        which ends every turn, never ran, so end the turn here."""
+        if turn.started:
+            return
+        if self._running.get(turn.session_id) is turn:
+            del self._running[turn.session_id]
+        self.metrics.running_turns.dec()
+        turn.emit(Done("cancelled"))
 
     @asynccontextmanager
     async def turn(self, request: TurnRequest) -> AsyncIterator[Turn]:
@@ -222,6 +237,7 @@ class TurnEngine:
 
     async def _run(self, turn: Turn, prior: Turn | None) -> None:
         """The turn task: converse, then finish (fallback, record, terminal event), then drain."""
+        turn.started = True
         progress = _Progress()
         record = TurnRecord(
             session_id=turn.session_id,
@@ -257,6 +273,8 @@ class TurnEngine:
     ) -> tuple[str, CallagentError | None]:
         """Wait for the session, run the upstream, relay its reply: (status, error)."""
         try:
+            if turn.cancel_requested:  # stopped before its task ran
+                return "cancelled", None
             if prior is not None:
                 await prior.wait()
             progress.lease = SessionLease(self.store, turn.session_id, turn.id, self.lease_ttl)
@@ -344,6 +362,7 @@ class TurnEngine:
         record.status = status
         record.error_type = error.type if error else None
         record.timings = latency
+        saved = True
         try:
             if progress.variables:
                 before = await self.store.get_variables(turn.session_id)
@@ -351,11 +370,12 @@ class TurnEngine:
                 await self.store.set_variables(turn.session_id, progress.variables)
             await self.store.save_turn(record)
         except CallagentError as e:
+            saved = False
             log.error("transcript_not_saved", session_id=turn.session_id, turn_id=turn.id, error=e.msg)
         if status == "cancelled" and s.interrupt_records == "delete" and progress.first_byte is not None:
             await self._delete_upstream_records(turn, record)
         self._observe(turn, progress, reply, status, error, latency)
-        turn.emit(Error(error) if error is not None else Done(status, latency))
+        turn.emit(Error(error) if error is not None else Done(status, latency, saved))
 
     async def _delete_upstream_records(self, turn: Turn, record: TurnRecord) -> None:
         try:

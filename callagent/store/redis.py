@@ -48,7 +48,6 @@ log = structlog.get_logger("callagent.store.redis")
 T = TypeVar("T")
 
 CANCEL_CHANNEL = "callagent:cancel"
-SOCKET_TIMEOUT = 2.0  # connect and read: a request that needs a hung Redis fails within about this
 HEALTH_CHECK_INTERVAL = 15  # seconds idle before a pooled connection is checked with PING
 RESUBSCRIBE_FIRST, RESUBSCRIBE_MAX = 0.05, 0.5  # pause between attempts to re-subscribe
 
@@ -89,8 +88,9 @@ def _key(session_id: str, part: str) -> str:
 
 
 class RedisStore:
-    def __init__(self, url: str, *, transcript_ttl: int) -> None:
+    def __init__(self, url: str, *, transcript_ttl: int, timeout: float = 2.0) -> None:
         self._url = url
+        self.timeout = timeout  # connect and read: a request that needs a hung Redis fails within about this
         self.transcript_ttl = transcript_ttl
         self._redis: Redis | None = None
         parts = urlsplit(url)
@@ -111,8 +111,8 @@ class RedisStore:
         """Create the connection pool and start listening for cancels. Redis need not be up yet."""
         self._redis = Redis.from_url(
             self._url,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=self.timeout,
+            socket_timeout=self.timeout,
             socket_keepalive=True,
             health_check_interval=HEALTH_CHECK_INTERVAL,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1, (RedisConnectionError,)),

@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 import structlog
 
-from ..errors import UpstreamAuth, UpstreamError, UpstreamProtocol, UpstreamUnavailable
+from ..errors import UpstreamAuth, UpstreamError, UpstreamProtocol, UpstreamTimeout, UpstreamUnavailable
 from ..sse import SSEError, SSEEvent, read_events
 from .base import END_OF_SPEECH, KEEPALIVE, UpstreamChunk, UpstreamTurn, VariablesUpdate
 
@@ -57,6 +57,7 @@ class FastGPTClient:
         app_id: str,
         paths: str = "legacy",
         connect_timeout: float = 3.0,
+        request_timeout: float = 5.0,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
@@ -65,6 +66,10 @@ class FastGPTClient:
         self._paths = PATHS[paths]
         # No total deadline: the turn engine owns first-token, idle and turn deadlines.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
+        # Every other call (readiness, deletes) is whole within this, so none can hang a caller.
+        self._request_timeout = aiohttp.ClientTimeout(
+            total=request_timeout, connect=connect_timeout, sock_connect=connect_timeout
+        )
 
     def __repr__(self) -> str:
         return f"FastGPTClient(base_url={self._base!r}, app_id={self._app_id!r})"
@@ -126,14 +131,16 @@ class FastGPTClient:
                 return await self._http.post(url, data=body, headers=headers, timeout=self._timeout)
             except aiohttp.ClientConnectorError as e:
                 # Nothing reached FastGPT: safe to try once more.
+                reason = e.os_error.strerror or "refused"
                 if attempt == 2:
-                    raise UpstreamUnavailable(f"cannot connect to FastGPT: {e.os_error.strerror or e}") from e
-                log.warning("fastgpt_connect_retry", error=str(e.os_error.strerror or e))
+                    raise UpstreamUnavailable(f"cannot connect to FastGPT: {reason}") from None
+                log.warning("fastgpt_connect_retry", error=reason)
             except TimeoutError as e:
                 if attempt == 2:
                     raise UpstreamUnavailable("connecting to FastGPT timed out") from e
             except aiohttp.ClientError as e:
-                raise UpstreamProtocol(f"FastGPT request failed: {e}") from e
+                # The type only: a client error's text or repr may carry the request's headers.
+                raise UpstreamProtocol(f"FastGPT request failed: {type(e).__name__}") from None
         raise AssertionError("unreachable")
 
     # -- records and sessions --------------------------------------------------------------
@@ -155,13 +162,21 @@ class FastGPTClient:
     async def _envelope(self, method: str, path: str, query: dict[str, str]) -> Any:
         try:
             async with self._http.request(
-                method, self._base + path, params=query, headers=self._headers, timeout=self._timeout
+                method,
+                self._base + path,
+                params=query,
+                headers=self._headers,
+                timeout=self._request_timeout,
+                allow_redirects=False,
             ) as response:
                 raw = await _read_small(response)
         except aiohttp.ClientConnectorError as e:
-            raise UpstreamUnavailable(f"cannot connect to FastGPT: {e.os_error.strerror or e}") from e
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise UpstreamUnavailable(f"FastGPT request failed: {e!r}") from e
+            raise UpstreamUnavailable(f"cannot connect to FastGPT: {e.os_error.strerror or 'refused'}") from None
+        except TimeoutError:
+            raise UpstreamTimeout(f"FastGPT did not answer {path} within {self._request_timeout.total:g}s") from None
+        except aiohttp.ClientError as e:
+            # The type only: a client error's text or repr may carry the request's headers.
+            raise UpstreamUnavailable(f"FastGPT request failed: {type(e).__name__}") from None
         if response.status != 200:
             raise _envelope_error(response.status, raw)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import WSCloseCode, web
@@ -49,6 +50,19 @@ def create_app(settings: Settings | None = None) -> web.Application:
     return app
 
 
+LINGER = 1.0
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """What the HTTP server itself (``web.run_app``, a runner) needs from the settings.
+
+    aiohttp's keep-alive timer also runs while a request's headers are arriving, so it is the
+    bound on header read time: a client trickling headers is closed after it, like an idle one.
+    After an error answer to an unfinished body, the rest is read ("lingering") only briefly.
+    """
+    return {"keepalive_timeout": settings.request_read_timeout, "lingering_time": LINGER}
+
+
 def local_agent(settings: Settings) -> Upstream:
     from ..upstream.local import LocalAgent
 
@@ -60,7 +74,7 @@ def local_agent(settings: Settings) -> Upstream:
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = create_store(settings.store, transcript_ttl=settings.transcript_ttl)
+    store = create_store(settings.store, transcript_ttl=settings.transcript_ttl, timeout=settings.store_timeout)
     await store.open()
     app[STORE] = store
     yield
@@ -81,6 +95,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                 app_id=settings.fastgpt_app_id,
                 paths=settings.fastgpt_paths,
                 connect_timeout=settings.connect_timeout,
+                request_timeout=settings.upstream_request_timeout,
             )
             yield
     else:

@@ -29,10 +29,14 @@ def ok(data: dict[str, Any], **extra: Any) -> web.Response:
 
 
 async def request_data(request: web.Request) -> dict[str, Any]:
-    """The JSON body; for GET (and a DELETE without a body) the query string."""
+    """The JSON body; for GET (and a DELETE without a body) the query string. The fields every
+    reply echoes are checked here, before the handler acts: nothing fails after a side effect."""
     if request.method == "GET" or (not request.body_exists and request.query):
-        return dict(request.query)
-    return await v.json_body(request)
+        data = dict(request.query)
+    else:
+        data = await v.json_body(request, request.app[SETTINGS].request_read_timeout)
+    v.time_stamp(data)
+    return data
 
 
 async def known_session(request: web.Request, data: dict[str, Any]) -> str:
@@ -44,7 +48,7 @@ async def known_session(request: web.Request, data: dict[str, Any]) -> str:
 
 @routes.post("/chat")
 async def chat(request: web.Request) -> web.StreamResponse:
-    data = await v.json_body(request)
+    data = await request_data(request)
     settings = request.app[SETTINGS]
     stream = request.query.get("stream", "").lower() in ("1", "true", "yes") or v.flag(data, "stream")
     turn_request = TurnRequest(
@@ -75,6 +79,8 @@ async def _chat_json(request: web.Request, data: dict[str, Any], turn_request: T
     if reply.done is not None:
         extra["status"] = reply.done.status
         extra["latency"] = reply.done.latency
+        if not reply.done.saved:
+            extra["transcriptSaved"] = False
     if reply.error is not None:
         extra["status"] = "failed"
         extra["error"] = reply.error.fields()
@@ -119,7 +125,7 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
 
 @routes.post("/cancel")
 async def cancel(request: web.Request) -> web.Response:
-    data = await v.json_body(request)
+    data = await request_data(request)
     session_id = await known_session(request, data)
     spoken = v.optional_str(data, "spokenText", request.app[SETTINGS].max_text_chars)
     interruption = await request.app[COMMANDS].interrupt(session_id, spoken)
@@ -131,7 +137,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 @routes.post("/set_info")
 async def set_info(request: web.Request) -> web.Response:
-    data = await v.json_body(request)
+    data = await request_data(request)
     session_id = v.session_id(data)
     await request.app[COMMANDS].set_variables(session_id, {v.variable_key(data): v.variable_value(data)})
     return ok(data)
@@ -151,7 +157,7 @@ async def get_info(request: web.Request) -> web.Response:
 
 @routes.post("/delete_last_turn")
 async def delete_last_turn(request: web.Request) -> web.Response:
-    data = await v.json_body(request)
+    data = await request_data(request)
     session_id = await known_session(request, data)
     deleted = await request.app[COMMANDS].delete_last_turn(session_id)
     return ok(data, turnId=deleted)
@@ -162,8 +168,10 @@ async def delete_last_turn(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     data = await request_data(request)
     session_id = await known_session(request, data)
-    await request.app[COMMANDS].delete_session(session_id)
-    return ok(data)
+    upstream_error = await request.app[COMMANDS].delete_session(session_id)
+    if upstream_error is None:
+        return ok(data, upstreamDeleted=True)
+    return ok(data, upstreamDeleted=False, upstreamError=upstream_error.body())
 
 
 # -- operations -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from ..errors import CallagentError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
+from ..errors import CallagentError, MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized
 from ..events import dumps
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -48,7 +48,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except CallagentError as e:
         if e.status >= 500:
             log.warning("request_failed", path=request.path, status=e.status, type=e.type, msg=e.msg)
-        return error_response(e)
+        response = error_response(e)
+        if isinstance(e, RequestTimeout):
+            response.force_close()  # the rest of a stalled body must not be read as a request
+        return response
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge(f"request body larger than {request.client_max_size} bytes"))
     except web.HTTPNotFound:

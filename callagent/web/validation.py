@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +11,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from ..errors import InvalidRequest, MalformedJSON, PayloadTooLarge
+from ..errors import InvalidRequest, MalformedJSON, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
 from ..segment import SegmentOptions
 
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -20,9 +21,20 @@ MAX_VALUE_BYTES = 16 * 1024
 _SCALARS = (str, int, float, bool, type(None))
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
+BODY_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+
+
+async def json_body(request: web.Request, read_timeout: float) -> dict[str, Any]:
+    """The request's JSON object, read within ``read_timeout`` seconds (a stalled client
+    must not hold a connection and a descriptor for long)."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in BODY_ENCODINGS:
+        raise UnsupportedEncoding("Content-Encoding: only gzip and deflate are accepted")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(read_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {read_timeout:g}s") from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body larger than {request.client_max_size} bytes") from None
     except RequestPayloadError:
