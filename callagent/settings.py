@@ -60,6 +60,8 @@ class Settings:
     fallback_enabled: bool = True
     fallback_stage: str = "0001"
     fallback_text: str = _DEFAULT_FALLBACK_TEXT
+    # Stage codes the workflow writes are sent on only when they match this (whole) pattern.
+    stage_code_pattern: str = r"[0-9A-Za-z]{1,16}"
     stages_file: str = ""
     local_script: str = ""
     local_chunk_delay: float = 0.0
@@ -73,7 +75,10 @@ class Settings:
     # Per session: at most this many variables, of at most this many bytes together (JSON).
     max_variables: int = 256
     max_variables_bytes: int = 256 * 1024
+    # Messages queued for a WebSocket before the sender waits for the gateway to read some.
     ws_send_queue: int = 256
+    # A WebSocket gateway that leaves a message unwritten this long is disconnected.
+    ws_send_timeout: float = 15.0
     ws_heartbeat: float = 20.0
     shutdown_timeout: float = 10.0
     transcript_ttl: int = 7 * 24 * 3600
@@ -201,6 +206,7 @@ def _validate(s: Settings) -> None:
         "turn_timeout",
         "sse_send_timeout",
         "sse_ping_interval",
+        "ws_send_timeout",
         "ws_heartbeat",
         "shutdown_timeout",
     ):
@@ -208,7 +214,11 @@ def _validate(s: Settings) -> None:
             fail(f"CALLAGENT_{name.upper()}", "must be a positive number of seconds")
     if s.local_chunk_delay < 0:
         fail("CALLAGENT_LOCAL_CHUNK_DELAY", "must be >= 0")
-    if not re.fullmatch(r"[0-9A-Za-z]{1,16}", s.fallback_stage):
+    try:
+        codes = re.compile(s.stage_code_pattern)
+    except re.error as e:
+        fail("CALLAGENT_STAGE_CODE_PATTERN", f"not a regular expression: {e}")
+    if not re.fullmatch(r"[0-9A-Za-z]{1,16}", s.fallback_stage) or not codes.fullmatch(s.fallback_stage):
         fail("CALLAGENT_FALLBACK_STAGE", f"{s.fallback_stage!r} is not a stage code")
     if s.interrupt_records not in ("keep", "delete"):
         fail("CALLAGENT_INTERRUPT_RECORDS", "must be 'keep' or 'delete'")

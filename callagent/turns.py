@@ -25,6 +25,7 @@ Session operations that are not turns (variables, undo, delete) live in ``comman
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -50,6 +51,9 @@ log = structlog.get_logger("callagent.turns")
 
 DRAIN_TIMEOUT = 5.0
 """How long a finished turn keeps reading the upstream for its end-of-stream bookkeeping."""
+MAX_BACKLOG = 1024
+"""Events a turn may hold for its consumer; past this it stops reading the upstream until
+the consumer has taken half of them (a consumer that never does ends the turn)."""
 
 @dataclass(slots=True)
 class TurnRequest:
@@ -72,6 +76,7 @@ class Turn:
         self.cancel_requested = False
         self.spoken_text: str | None = None
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._room = asyncio.Event()  # the consumer has caught up (see MAX_BACKLOG)
         # "running": cancelling interrupts the task. "finishing": the reply is being recorded
         # and its terminal event sent; a cancel only stops what follows. "draining": the
         # caller has the whole reply; a cancel cuts the upstream's bookkeeping short.
@@ -118,11 +123,19 @@ class Turn:
         """The turn's events up to and including its terminal one."""
         while True:
             event = await self._queue.get()
+            if self._queue.qsize() <= MAX_BACKLOG // 2:
+                self._room.set()
             if isinstance(event, TERMINAL):
                 yield event
                 return
             if not self.cancel_requested:
                 yield event
+
+    async def room(self) -> None:
+        """Until the consumer has caught up, when the turn holds too many events for it."""
+        if self._queue.qsize() >= MAX_BACKLOG:
+            self._room.clear()
+            await self._room.wait()
 
     async def ended_wait(self) -> None:
         """Until the terminal event is queued (the transcript row is saved by then)."""
@@ -162,6 +175,7 @@ class TurnEngine:
         self.metrics = metrics or Metrics()
         self._running: dict[str, Turn] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._codes = re.compile(settings.stage_code_pattern)
         self.lease_ttl = settings.connect_timeout + max(settings.first_token_timeout, settings.idle_timeout) + 5
         store.on_cancel(self._on_remote_cancel)
 
@@ -247,7 +261,7 @@ class TurnEngine:
             transport=turn.request.transport,
             received_at=time.time(),
         )
-        reply = progress.reply = ReplyPipeline(turn.emit, self.stages, turn.request.segment)
+        reply = progress.reply = ReplyPipeline(turn.emit, self.stages, turn.request.segment, self._codes)
         try:
             status, error = await self._converse(turn, prior, progress, record)
             # From here on nothing cancels this task (see Turn.cancel), so every step below runs.
@@ -325,6 +339,7 @@ class TurnEngine:
                         progress.first_byte = perf_counter()
                     if isinstance(chunk, str):
                         reply.feed(chunk)
+                        await turn.room()
                     elif chunk is END_OF_SPEECH:
                         break
                     elif isinstance(chunk, VariablesUpdate):
@@ -423,7 +438,8 @@ class TurnEngine:
         m.turns.labels(turn.request.transport, status).inc()
         stage = reply.stage
         if stage:
-            m.stage_codes.labels(stage).inc()
+            # A label per code the workflow invents would grow the metrics without bound.
+            m.stage_codes.labels(stage if stage in self.stages else "other").inc()
         if error is not None:
             m.turn_errors.labels(error.type).inc()
             if isinstance(error, UpstreamError):

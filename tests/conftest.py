@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import fastgpt_emulator
 
+from . import redis_server as _processes
+from .canary import CANARY_KEY, PLANTED, Leaks, install
+
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+_LEAKS = Leaks(PLANTED)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def canary_scan() -> Leaks:
+    """Scan every response and log line of the run for the planted FastGPT keys (tests/canary.py)."""
+    install(_LEAKS)
+    return _LEAKS
+
+
+@pytest.fixture(autouse=True)
+def no_key_leaked(canary_scan: Leaks) -> Iterator[None]:
+    """Fail the test during which a planted key left callagent."""
+    canary_scan.take()
+    yield
+    canary_scan.process_logs.extend(_processes.PROCESS_LOGS)
+    _processes.PROCESS_LOGS.clear()
+    canary_scan.check_process_logs()
+    leaked = canary_scan.take()
+    assert not leaked, "a planted FastGPT key left callagent:\n" + "\n".join(leaked)
 
 
 @pytest.fixture
 def emulator_app() -> Any:
-    return fastgpt_emulator.create_emulator_app()
+    return fastgpt_emulator.create_emulator_app(api_key=CANARY_KEY)
 
 
 @pytest.fixture
@@ -42,7 +67,7 @@ def fastgpt_settings(emulator_server: TestServer, tmp_path: Path) -> Settings:
     return Settings(
         upstream="fastgpt",
         fastgpt_base_url=str(emulator_server.make_url("")).rstrip("/"),
-        fastgpt_api_key="fastgpt-test",  # type: ignore[arg-type]
+        fastgpt_api_key=CANARY_KEY,  # type: ignore[arg-type]
         fastgpt_app_id="app1",
         store=f"sqlite:///{tmp_path}/callagent.db",
         first_token_timeout=5,
@@ -90,8 +115,6 @@ def parse_sse(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
 
 
 # -- Redis: a real redis-server on a free loopback port (tests/redis_server.py) --------------
-
-from collections.abc import Iterator  # noqa: E402
 
 from .redis_server import RedisServer  # noqa: E402
 

@@ -8,6 +8,7 @@ from typing import Any
 import fastgpt_emulator as fe
 import orjson
 
+from .canary import CANARY_KEY
 from .conftest import body, parse_sse
 
 REPLY = "<state>1002</state>您好，请问有人受伤吗？"
@@ -65,7 +66,7 @@ async def test_json_reply_is_the_folded_stream(fastgpt_client: Any, emulator: An
     assert sent["stream"] is True and sent["detail"] is True and sent["chatId"] == "a1002"
     assert sent["messages"] == [{"role": "user", "content": "发生了交通事故", "dataId": f"{data['turnId']}-q"}]
     assert sent["responseChatItemId"] == f"{data['turnId']}-a"
-    assert req.headers["Authorization"] == "Bearer fastgpt-test"
+    assert req.headers["Authorization"] == f"Bearer {CANARY_KEY}"
 
 
 async def test_last_of_several_tags_wins(fastgpt_client: Any, emulator: Any) -> None:

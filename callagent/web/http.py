@@ -7,6 +7,7 @@ session operation or an operational endpoint.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import structlog
@@ -98,12 +99,13 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
             sep="\n",
             allow_all_methods=True,
             ping_interval=app[SETTINGS].sse_ping_interval,
-            # Also asks the kernel to drop the connection when sent bytes stay unacknowledged
-            # this long: a half-open gateway is noticed even when nothing blocks here.
-            send_timeout=send_timeout,
+            # The slow-consumer judgement is ours alone (below), so it is always logged: the
+            # ping must not drop the connection on its own.
+            send_timeout=None,
         ) as sse,
     ):
         metrics.open_streams.inc()
+        drop_half_open(request, send_timeout)
         try:
             seq = 0
             async for event in turn.events():
@@ -121,6 +123,16 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
         finally:
             metrics.open_streams.dec()
     return sse
+
+
+def drop_half_open(request: web.Request, send_timeout: float) -> None:
+    """Ask the kernel to drop the connection when sent bytes stay unacknowledged a little longer
+    than ``send_timeout`` (Linux): a half-open gateway is noticed even when nothing is being
+    written. A gateway that merely stops reading is caught by the write timeout first, and logged."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is not None and option is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, option, int((send_timeout + 1) * 1000))
 
 
 @routes.post("/cancel")

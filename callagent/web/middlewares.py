@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -24,11 +25,15 @@ def error_response(error: CallagentError) -> web.Response:
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
+_REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,64}")
+"""A gateway's request id is used as it is only when it is printable ASCII (header values are
+untrusted bytes: anything else would break every log line of the request)."""
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+    given = request.headers.get("X-Request-Id", "")[:64]
+    request_id = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex[:16]
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -78,7 +83,8 @@ def api_key_auth(keys: tuple[str, ...]) -> Middleware:
     encoded = [k.encode() for k in keys]
 
     def allowed(candidate: str) -> bool:
-        given = candidate.encode()
+        # aiohttp decodes header bytes that are not UTF-8 as lone surrogates: keep them as bytes.
+        given = candidate.encode("utf-8", "surrogateescape")
         # Compare against every key, without stopping early, in constant time per key.
         return any([hmac.compare_digest(given, k) for k in encoded])
 

@@ -1,8 +1,12 @@
 """``GET /ws``: the telephony gateway's socket. One call per socket, or many multiplexed.
 
-Only the handler task reads the socket. Everything sent goes through one bounded outbox
-drained by one writer task; a gateway that stops reading fills the outbox and is
-disconnected (logged) instead of growing our memory. Each turn started on the socket gets a
+Only the handler task reads the socket. Everything sent goes through one outbox drained by
+one writer task. Whoever fills the outbox (the handler answering a burst of requests read in
+one go, a pump relaying a reply that arrived in many chunks at once) waits at
+``ws_send_queue`` messages until the writer has drained half of it, so memory stays bounded
+while a gateway that reads normally loses nothing. A gateway is judged slow by time, not by
+a burst: when a message has waited ``ws_send_timeout`` seconds to be written, the gateway is
+disconnected, with one ``ws_slow_consumer`` warning. Each turn started on the socket gets a
 small pump task that turns its events into messages; the socket owns those tasks and
 cancels them, and their turns, when it closes.
 """
@@ -10,6 +14,7 @@ cancels them, and their turns, when it closes.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,7 +57,11 @@ class GatewaySocket:
         self.commands = app[COMMANDS]
         self.session_id: str | None = None
         self.segments: dict[str, Any] = {}
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.settings.ws_send_queue)
+        self.loop = asyncio.get_running_loop()
+        self.outbox: deque[tuple[float, dict[str, Any]]] = deque()  # (queued at, message)
+        self.has_mail = asyncio.Event()
+        self.has_room = asyncio.Event()
+        self.dropped = False
         self.seq = 0
         self.pumps: dict[str, asyncio.Task[None]] = {}  # turn id -> pump
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
@@ -75,6 +84,7 @@ class GatewaySocket:
                     await self.handle(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     self.send_error(InvalidRequest("binary frames are not accepted: send JSON text frames"))
+                await self.room()
         finally:
             pumps = list(self.pumps.values())
             for task in pumps:
@@ -136,6 +146,7 @@ class GatewaySocket:
         try:
             async for event in turn.events():
                 self.send(ws_message(event, turn.id, 0))
+                await self.room()
         finally:
             if not turn.ended:  # the socket closed mid-turn
                 turn.cancel()
@@ -186,25 +197,61 @@ class GatewaySocket:
     # -- writing ---------------------------------------------------------------------------
 
     def send(self, msg: dict[str, Any]) -> None:
+        if self.dropped:
+            return
         self.seq += 1
         msg["seq"] = self.seq
-        try:
-            self.outbox.put_nowait(msg)
-        except asyncio.QueueFull:
-            if not self.ws.closed:
-                log.warning("ws_slow_consumer", queued=self.outbox.qsize(), reason="gateway is not reading")
-                if self.request.transport is not None:
-                    self.request.transport.abort()
+        now = self.loop.time()
+        if self.outbox and now - self.outbox[0][0] > self.settings.ws_send_timeout:
+            self.drop()
+            return
+        self.outbox.append((now, msg))
+        self.has_mail.set()
 
     def send_error(self, error: CallagentError, reply_to: str | None = None) -> None:
         self.send(ws_error(error, reply_to))
 
+    async def room(self) -> None:
+        """Wait while the outbox is full, until the writer drained half of it (bounded by the
+        send timeout: a gateway that does not read in that time is dropped)."""
+        if len(self.outbox) < self.settings.ws_send_queue or self.dropped:
+            return
+        self.has_room.clear()
+        try:
+            async with asyncio.timeout(self.settings.ws_send_timeout):
+                await self.has_room.wait()
+        except TimeoutError:
+            self.drop()
+
+    def drop(self) -> None:
+        """Disconnect a gateway that does not read what it is sent: once, with one warning."""
+        if self.dropped:
+            return
+        self.dropped = True
+        if not self.ws.closed:
+            log.warning("ws_slow_consumer", queued=len(self.outbox), reason="gateway is not reading")
+        self.outbox.clear()
+        self.has_room.set()
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
     async def write_loop(self) -> None:
+        low_water = self.settings.ws_send_queue // 2
         while True:
-            msg = await self.outbox.get()
-            if self.ws.closed:
-                continue
-            try:
-                await self.ws.send_str(orjson.dumps(msg).decode())
-            except ConnectionResetError:
-                return
+            while not self.outbox:
+                self.has_mail.clear()
+                await self.has_mail.wait()
+            _, msg = self.outbox[0]  # stays queued while it is written: its age judges the gateway
+            if not self.ws.closed:
+                try:
+                    async with asyncio.timeout(self.settings.ws_send_timeout):
+                        await self.ws.send_str(orjson.dumps(msg).decode())
+                except TimeoutError:
+                    self.drop()
+                    return
+                except ConnectionResetError:
+                    return
+            if self.outbox:
+                self.outbox.popleft()
+            if len(self.outbox) <= low_water:
+                self.has_room.set()
