@@ -50,6 +50,9 @@ class Settings:
     connect_timeout: float = 3.0
     # Upstream calls other than the reply stream (readiness, deletes) are whole within this.
     upstream_request_timeout: float = 5.0
+    # The session lease expires this long after its instance last renewed it (a crashed instance
+    # holds its calls' sessions about this long); renewed three times per TTL.
+    lease_ttl: float = 3.0
     # A store operation that takes longer fails (503 store_unavailable): a stalled disk or Redis.
     store_timeout: float = 2.0
     # Request headers and a request body must arrive within this (slow or stalled clients).
@@ -200,6 +203,7 @@ def _validate(s: Settings) -> None:
         "connect_timeout",
         "upstream_request_timeout",
         "store_timeout",
+        "lease_ttl",
         "request_read_timeout",
         "first_token_timeout",
         "idle_timeout",

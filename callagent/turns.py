@@ -44,7 +44,7 @@ from .segment import SegmentOptions
 from .settings import Settings
 from .stages import StageTable
 from .store import Store, TurnRecord
-from .store.lease import LeaseLost, SessionLease
+from .store.lease import LeaseHeartbeat, SessionLease
 from .upstream.base import END_OF_SPEECH, Upstream, UpstreamChunk, UpstreamTurn, VariablesUpdate
 
 log = structlog.get_logger("callagent.turns")
@@ -82,6 +82,7 @@ class Turn:
         # caller has the whole reply; a cancel cuts the upstream's bookkeeping short.
         self.phase = "running"
         self.started = False  # the task has begun running (a task cancelled before that never runs)
+        self.failure: CallagentError | None = None  # why fail() stopped it
         self.ended = False  # the terminal event was emitted
         self._ended_event: asyncio.Event | None = None  # made only when someone waits for it
         self._drain_deadline: asyncio.Timeout | None = None
@@ -114,6 +115,14 @@ class Turn:
         if self._drain_deadline is not None:
             self._drain_deadline.reschedule(asyncio.get_running_loop().time())
         return False
+
+    def fail(self, error: CallagentError) -> None:
+        """Stop the turn as failed (the caller still gets the fallback, unlike a cancel)."""
+        if self.cancel_requested or self.failure is not None or self.phase != "running":
+            return
+        self.failure = error
+        if self.started and self.task is not None:
+            self.task.cancel()
 
     @property
     def done(self) -> bool:
@@ -176,8 +185,18 @@ class TurnEngine:
         self._running: dict[str, Turn] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._codes = re.compile(settings.stage_code_pattern)
-        self.lease_ttl = settings.connect_timeout + max(settings.first_token_timeout, settings.idle_timeout) + 5
+        self.lease_ttl = settings.lease_ttl
+        self._heartbeat = LeaseHeartbeat(store, self.lease_ttl)
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        # Sessions whose last turn here has not (yet) given its lease back: turn id, until when
+        # it could matter. The session's next turn here takes that lease over instead of waiting.
+        self._releasing: dict[str, tuple[str, float]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         store.on_cancel(self._on_remote_cancel)
+
+    def open(self) -> None:
+        """Start the instance's lease heartbeat."""
+        self._heartbeat_task = asyncio.create_task(self._heartbeat.run(), name="lease-heartbeat")
 
     # -- starting and stopping turns -------------------------------------------------------
 
@@ -246,6 +265,12 @@ class TurnEngine:
             turn.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
+        if self._background:
+            await asyncio.wait(list(self._background))
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+            self._heartbeat_task = None
 
     # -- one turn --------------------------------------------------------------------------
 
@@ -291,19 +316,20 @@ class TurnEngine:
                 return "cancelled", None
             if prior is not None:
                 await prior.wait()
-            progress.lease = SessionLease(self.store, turn.session_id, turn.id, self.lease_ttl)
-            await progress.lease.acquire(wait=self.settings.first_token_timeout)
+            lease = progress.lease = SessionLease(self.store, turn.session_id, turn.id, self.lease_ttl)
+            await lease.acquire(wait=self._acquire_wait, replaces=self._replaces(turn.session_id, prior))
+            self._heartbeat.add(lease, lambda: self._superseded(turn), turn.fail)
             upstream_turn = await self._upstream_turn(turn)
             record.upstream_records = [upstream_turn.human_record_id, upstream_turn.ai_record_id]
             progress.chunks = self.upstream.stream(upstream_turn)
             await self._relay(turn, progress, upstream_turn.variables)
         except asyncio.CancelledError:
-            # Only Turn.cancel() and engine shutdown cancel this task; both want Done(cancelled),
-            # so the cancellation is consumed here and the rest of the turn runs normally.
+            # Only Turn.cancel(), Turn.fail() and engine shutdown cancel this task; they want
+            # Done(cancelled) or the failure, so the cancellation is consumed here and the rest
+            # of the turn runs normally.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            return "cancelled", None
-        except LeaseLost as e:
-            log.warning("turn_superseded", session_id=turn.session_id, turn_id=turn.id, reason=str(e))
+            if turn.failure is not None:
+                return "failed", turn.failure
             return "cancelled", None
         except CallagentError as e:
             return "failed", e
@@ -329,8 +355,8 @@ class TurnEngine:
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = TurnDeadline(now, s.first_token_timeout, s.idle_timeout, s.turn_timeout)
-        reply, lease, chunks = progress.reply, progress.lease, progress.chunks
-        assert reply is not None and lease is not None and chunks is not None
+        reply, chunks = progress.reply, progress.chunks
+        assert reply is not None and chunks is not None
         try:
             async with deadline.armed():
                 async for chunk in chunks:
@@ -348,8 +374,6 @@ class TurnEngine:
                                 progress.variables[key] = value
                     if reply.first_text is not None:
                         deadline.alive(now)
-                    if lease.due(now):
-                        await lease.keep(now)
         except TimeoutError:
             why = deadline.explain(loop.time(), progress.first_byte is not None, reply.first_text is not None)
             raise UpstreamTimeout(why) from None
@@ -422,8 +446,38 @@ class TurnEngine:
                 await progress.chunks.aclose()
         except Exception:
             log.exception("upstream_close_failed", session_id=turn.session_id, turn_id=turn.id)
-        if progress.lease is not None:
-            await progress.lease.release()
+        lease = progress.lease
+        if lease is not None and lease.held:
+            # The next turn does not wait for this: it takes the lease over (see _replaces).
+            self._heartbeat.discard(lease)
+            self._releasing[turn.session_id] = (turn.id, asyncio.get_running_loop().time() + self.lease_ttl)
+            task = asyncio.create_task(self._release_lease(lease), name=f"release-lease-{turn.id}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _release_lease(self, lease: SessionLease) -> None:
+        if await lease.release() and self._releasing.get(lease.session_id, ("",))[0] == lease.owner:
+            del self._releasing[lease.session_id]
+
+    @property
+    def _acquire_wait(self) -> float:
+        """How long a turn waits for another instance's turn to give the session up: at least
+        until the lease of an owner that died has expired."""
+        return max(self.settings.first_token_timeout, self.lease_ttl + 1)
+
+    def _replaces(self, session_id: str, prior: Turn | None) -> str | None:
+        """The turn of this instance whose lease the session's new turn may take over."""
+        if prior is not None:
+            return prior.id
+        releasing = self._releasing.pop(session_id, None)
+        if releasing is None or releasing[1] < asyncio.get_running_loop().time():
+            return None
+        return releasing[0]
+
+    def _superseded(self, turn: Turn) -> None:
+        """The heartbeat found the session's lease taken by a newer turn: stop this one."""
+        log.warning("turn_superseded", session_id=turn.session_id, turn_id=turn.id, reason="lease lost")
+        turn.cancel()
 
     def _observe(
         self,

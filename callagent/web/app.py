@@ -104,6 +104,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = TurnEngine(app[SETTINGS], app[STORE], app[UPSTREAM], app[STAGES], app[METRICS])
+    engine.open()
     app[ENGINE] = engine
     app[COMMANDS] = SessionCommands(engine, app[STORE], app[UPSTREAM], app[SETTINGS])
     yield
