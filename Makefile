@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench lint redis-server clean
+.PHONY: install run test soak bench lint redis-server nginx clean
 
 install: $(STAMP)
 
@@ -28,7 +28,16 @@ redis-server:
 	    echo "redis-server is missing: install it (apt-get install redis-server) to run the Redis tests" >&2; exit 1; \
 	  fi; }
 
-test: install redis-server
+# The nginx test runs Debian's nginx in front of three instances; install it when missing.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	  else \
+	    echo "nginx is missing: install it (apt-get install nginx) to run the nginx test" >&2; exit 1; \
+	  fi; }
+
+test: install redis-server nginx
 	$(BIN)/python -m pytest -q
 
 bench: install
