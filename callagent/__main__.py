@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_format, settings.log_level)
 
-    from .web.app import create_app, server_options
+    from .web.app import create_app
 
     try:
         app = create_app(settings)
@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
         handler_cancellation=True,  # a gateway that hangs up cancels its turn at once
         shutdown_timeout=settings.shutdown_timeout,
         access_log=None,
-        **server_options(settings),
         print=lambda line: print(line, file=sys.stderr),
     )
     return 0

@@ -16,7 +16,6 @@ from aiohttp import web
 
 from callagent.settings import Settings
 from callagent.store import sqlite_path
-from callagent.web.app import create_app, server_options
 
 from .conftest import body, parse_sse
 from .test_bargein_http import LONG_REPLY, first_frame, no_running_turns
@@ -192,21 +191,19 @@ async def test_a_stalled_disk_gives_503_in_time_and_the_turn_its_fallback(
 # -- clients that never finish their request ---------------------------------------------------
 
 
-async def test_a_body_that_never_finishes_is_cut_off(aiohttp_server: Any) -> None:
-    settings = Settings(upstream="local", store="memory://", request_read_timeout=0.3)
-    server = await aiohttp_server(create_app(settings), **server_options(settings))
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(b"POST /set_info HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"sessionId\"")
+async def test_a_body_that_never_finishes_is_cut_off(make_client: Any) -> None:
+    client = await make_client(Settings(upstream="local", store="memory://", request_read_timeout=0.3))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b'POST /set_info HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"sessionId"')
     raw = await within(3, reader.read())  # the server answers, then closes the connection
     head, _, payload = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408") and orjson.loads(payload)["type"] == "request_timeout"
     writer.close()
 
 
-async def test_headers_that_never_finish_are_cut_off(aiohttp_server: Any) -> None:
-    settings = Settings(upstream="local", store="memory://", request_read_timeout=0.3)
-    server = await aiohttp_server(create_app(settings), **server_options(settings))
-    reader, writer = await asyncio.open_connection(server.host, server.port)
+async def test_headers_that_never_finish_are_cut_off(make_client: Any) -> None:
+    client = await make_client(Settings(upstream="local", store="memory://", request_read_timeout=0.3))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     writer.write(b"POST /chat HTTP/1.1\r\nHost: x\r\n")
     assert await within(2, reader.read()) == b""  # closed by the server
     writer.close()

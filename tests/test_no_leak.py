@@ -5,7 +5,9 @@ codes as metric labels, HTTP parser errors."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -212,3 +214,28 @@ async def test_an_sse_gateway_that_stops_reading_is_dropped_with_one_warning(
     assert stream.outcome == "disconnected", "the dropped gateway's turn closed its upstream"
     assert [e["event"] for e in logs].count("sse_slow_consumer") == 1
     writer.close()
+
+
+# -- body encodings ---------------------------------------------------------------------------
+
+
+async def test_an_unknown_content_encoding_is_a_json_415(client: Any) -> None:
+    for encoding in ("br", "zstd", "compress"):
+        head, content = await raw_request(
+            client, f"POST /set_info HTTP/1.1\r\nHost: x\r\nContent-Encoding: {encoding}\r\n".encode(), b"xxxx"
+        )
+        assert head.startswith(b"HTTP/1.1 415"), head
+        error = orjson.loads(content)
+        assert error["type"] == "unsupported_encoding" and "brotli" not in error["msg"].lower()
+
+
+async def test_compressed_bodies_are_decoded_within_the_size_limit(client: Any) -> None:
+    payload = orjson.dumps(body("k7", key="k", value="压缩"))
+    for encoding, data in (("gzip", gzip.compress(payload)), ("deflate", zlib.compress(payload))):
+        head, _ = await raw_request(
+            client, f"POST /set_info HTTP/1.1\r\nHost: x\r\nContent-Encoding: {encoding}\r\n".encode(), data
+        )
+        assert head.startswith(b"HTTP/1.1 200"), head
+    bomb = gzip.compress(b'{"sessionId": "k7", "pad": "' + b" " * 10_000_000 + b'"}')
+    head, content = await raw_request(client, b"POST /set_info HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n", bomb)
+    assert head.startswith(b"HTTP/1.1 413") and orjson.loads(content)["type"] == "payload_too_large"

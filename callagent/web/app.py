@@ -34,7 +34,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     middlewares: list[Middleware] = [request_context, json_errors]
     if settings.api_keys:
         middlewares.append(api_key_auth(tuple(k.value for k in settings.api_keys)))
-    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=middlewares, client_max_size=settings.max_body_bytes, handler_args=server_options(settings)
+    )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[STAGES] = StageTable.load(settings.stages_file or None)
@@ -54,13 +56,14 @@ LINGER = 1.0
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """What the HTTP server itself (``web.run_app``, a runner) needs from the settings.
+    """How the HTTP server reads requests (the app's ``handler_args``, so every runner uses them).
 
     aiohttp's keep-alive timer also runs while a request's headers are arriving, so it is the
     bound on header read time: a client trickling headers is closed after it, like an idle one.
     After an error answer to an unfinished body, the rest is read ("lingering") only briefly.
+    Bodies are read as sent and decoded by ``validation.json_body``.
     """
-    return {"keepalive_timeout": settings.request_read_timeout, "lingering_time": LINGER}
+    return {"keepalive_timeout": settings.request_read_timeout, "lingering_time": LINGER, "auto_decompress": False}
 
 
 def local_agent(settings: Settings) -> Upstream:
