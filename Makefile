@@ -40,6 +40,11 @@ nginx:
 test: install redis-server nginx
 	$(BIN)/python -m pytest -q
 
+# A few minutes of barge-in races, disconnects, faults and bad input; then nothing may be left
+# behind. Not part of `make test`. CALLAGENT_SOAK_SECONDS sets the length (120 by default).
+soak: install
+	CALLAGENT_SOAK=1 $(BIN)/python -m pytest -q tests/test_soak.py
+
 bench: install
 	$(BIN)/python scripts/bench.py
 

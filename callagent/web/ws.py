@@ -86,12 +86,12 @@ class GatewaySocket:
                     self.send_error(InvalidRequest("binary frames are not accepted: send JSON text frames"))
                 await self.room()
         finally:
-            pumps = list(self.pumps.values())
-            for task in pumps:
+            # All cancelled before anything is awaited: this task may itself be cancelled again
+            # (the gateway hung up) while it waits, and nothing of the socket may outlive it.
+            tasks = [*self.pumps.values(), writer]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def handle(self, raw: str) -> None:
         kind = None
