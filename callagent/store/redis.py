@@ -149,8 +149,13 @@ class RedisStore:
         """Redis answers, and this process hears cancels sent by the others."""
         with self._reachable() as redis:
             await redis.ping()
-        if not self._subscribed.is_set():
-            raise StoreUnavailable(f"the session store (Redis at {self._where}) cancel channel is not subscribed yet")
+        try:
+            async with asyncio.timeout(self.timeout):  # just opened, or re-subscribing: a moment
+                await self._subscribed.wait()
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the session store (Redis at {self._where}) cancel channel is not subscribed yet"
+            ) from None
 
     @contextmanager
     def _reachable(self) -> Iterator[Redis]:
