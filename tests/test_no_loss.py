@@ -45,9 +45,10 @@ async def test_a_turn_id_used_by_two_sessions_keeps_both_transcripts(
 ) -> None:
     client = await make_client(fastgpt_settings)
     ws = await client.ws_connect("/ws")
-    for session_id in ("l2a", "l2b"):
+    for session_id in ("l2a", "l2b"):  # at once, on one multiplexed socket
         await ws.send_json({"type": "chat", "sessionId": session_id, "text": f"我是{session_id}", "turnId": "same"})
-        assert (await until(ws, is_terminal))[-1]["status"] == "completed"
+    ends = [await until(ws, is_terminal) for _ in range(2)]
+    assert [m[-1]["status"] for m in ends] == ["completed", "completed"]
     await ws.close()
     await client.close()
     store = SQLiteStore(sqlite_path(fastgpt_settings.store))

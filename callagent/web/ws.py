@@ -63,7 +63,8 @@ class GatewaySocket:
         self.has_room = asyncio.Event()
         self.dropped = False
         self.seq = 0
-        self.pumps: dict[str, asyncio.Task[None]] = {}  # turn id -> pump
+        # (session id, turn id) -> pump: turn ids are unique per session, not per socket.
+        self.pumps: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "start": self.on_start,
             "chat": self.on_chat,
@@ -135,12 +136,12 @@ class GatewaySocket:
         session_id = self.session_of(msg)
         text = v.required_str(msg, "text", self.settings.max_text_chars)
         turn_id = v.turn_id(msg)
-        if turn_id is not None and turn_id in self.pumps:
+        if turn_id is not None and (session_id, turn_id) in self.pumps:
             raise InvalidRequest(f"turnId: {turn_id} is already running")
         turn = self.commands.start_turn(
             TurnRequest(session_id, text, transport="ws", turn_id=turn_id, segment=self.segments.get(session_id))
         )
-        self.pumps[turn.id] = asyncio.create_task(self.pump(turn), name=f"ws-pump-{turn.id}")
+        self.pumps[session_id, turn.id] = asyncio.create_task(self.pump(turn), name=f"ws-pump-{turn.id}")
 
     async def pump(self, turn: Turn) -> None:
         try:
@@ -151,14 +152,15 @@ class GatewaySocket:
             if not turn.ended:  # the socket closed mid-turn
                 turn.cancel()
                 await asyncio.shield(turn.wait())
-            self.pumps.pop(turn.id, None)
+            self.pumps.pop((turn.session_id, turn.id), None)
 
     async def on_interrupt(self, msg: dict[str, Any]) -> None:
         session_id = self.session_of(msg)
         turn_id = v.optional_str(msg, "turnId", 128)
         spoken = v.optional_str(msg, "spokenText", self.settings.max_text_chars)
         interruption = await self.commands.interrupt(session_id, spoken, turn_id)
-        pump = self.pumps.get(interruption.turn.id) if interruption.turn is not None else None
+        turn = interruption.turn
+        pump = self.pumps.get((turn.session_id, turn.id)) if turn is not None else None
         if pump is not None:
             await asyncio.shield(pump)  # the turn's `done` is on its way out before the ack
         self.send(
