@@ -19,7 +19,8 @@ A turn has one timer (``pipeline.TurnDeadline``): first token, then idle gap, bo
 whole-turn deadline; connecting is bounded by the upstream client's own timeout. An upstream
 failure still gives the caller the fallback phrase and the gateway the fallback stage before
 the ``Error`` event. The reply's text goes through ``pipeline.ReplyPipeline`` (tags, clauses).
-Session operations that are not turns (variables, undo, delete) live in ``commands``.
+``Turn`` itself is in ``turn``, the instance's leases in ``store.lease``. Session operations
+that are not turns (variables, undo, delete) live in ``commands``.
 """
 
 from __future__ import annotations
@@ -37,127 +38,22 @@ from typing import Any
 import structlog
 
 from .errors import CallagentError, UpstreamError, UpstreamTimeout
-from .events import TERMINAL, Done, Error, Event, TextDelta
+from .events import Done, Error, TextDelta
 from .metrics import Metrics
 from .pipeline import ReplyPipeline, TurnDeadline
-from .segment import SegmentOptions
 from .settings import Settings
 from .stages import StageTable
 from .store import Store, TurnRecord
-from .store.lease import LeaseHeartbeat, SessionLease
+from .store.lease import InstanceLeases, SessionLease
+from .turn import Turn, TurnRequest
 from .upstream.base import END_OF_SPEECH, Upstream, UpstreamChunk, UpstreamTurn, VariablesUpdate
+
+__all__ = ["Turn", "TurnEngine", "TurnRequest", "new_turn_id"]
 
 log = structlog.get_logger("callagent.turns")
 
 DRAIN_TIMEOUT = 5.0
 """How long a finished turn keeps reading the upstream for its end-of-stream bookkeeping."""
-MAX_BACKLOG = 1024
-"""Events a turn may hold for its consumer; past this it stops reading the upstream until
-the consumer has taken half of them (a consumer that never does ends the turn)."""
-
-@dataclass(slots=True)
-class TurnRequest:
-    session_id: str
-    text: str
-    time_stamp: str = ""
-    transport: str = "http"
-    turn_id: str | None = None
-    segment: SegmentOptions | None = None
-
-
-class Turn:
-    """A running turn: its id, its events, and the handle to stop it."""
-
-    def __init__(self, request: TurnRequest, turn_id: str) -> None:
-        self.id = turn_id
-        self.request = request
-        self.session_id = request.session_id
-        self.task: asyncio.Task[None] | None = None
-        self.cancel_requested = False
-        self.spoken_text: str | None = None
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
-        self._room = asyncio.Event()  # the consumer has caught up (see MAX_BACKLOG)
-        # "running": cancelling interrupts the task. "finishing": the reply is being recorded
-        # and its terminal event sent; a cancel only stops what follows. "draining": the
-        # caller has the whole reply; a cancel cuts the upstream's bookkeeping short.
-        self.phase = "running"
-        self.started = False  # the task has begun running (a task cancelled before that never runs)
-        self.failure: CallagentError | None = None  # why fail() stopped it
-        self.ended = False  # the terminal event was emitted
-        self._ended_event: asyncio.Event | None = None  # made only when someone waits for it
-        self._drain_deadline: asyncio.Timeout | None = None
-
-    def __repr__(self) -> str:
-        return f"Turn({self.id!r}, session={self.session_id!r})"
-
-    def emit(self, event: Event) -> None:
-        self._queue.put_nowait(event)
-        if isinstance(event, TERMINAL):
-            self.ended = True
-            if self._ended_event is not None:
-                self._ended_event.set()
-
-    def cancel(self, spoken_text: str | None = None) -> bool:
-        """Stop the turn now; ``spoken_text`` is what the caller heard of it.
-
-        False if the reply was already complete (or the turn already cancelled).
-        """
-        if self.cancel_requested or self.task is None or self.task.done():
-            return False
-        self.cancel_requested = True
-        if self.phase == "running":
-            self.spoken_text = spoken_text
-            # A task cancelled before its first step never runs its body, so it would never
-            # emit a terminal event: a turn not started yet sees the flag as it starts instead.
-            if self.started:
-                self.task.cancel()
-            return True
-        if self._drain_deadline is not None:
-            self._drain_deadline.reschedule(asyncio.get_running_loop().time())
-        return False
-
-    def fail(self, error: CallagentError) -> None:
-        """Stop the turn as failed (the caller still gets the fallback, unlike a cancel)."""
-        if self.cancel_requested or self.failure is not None or self.phase != "running":
-            return
-        self.failure = error
-        if self.started and self.task is not None:
-            self.task.cancel()
-
-    @property
-    def done(self) -> bool:
-        return self.task is not None and self.task.done()
-
-    async def events(self) -> AsyncIterator[Event]:
-        """The turn's events up to and including its terminal one."""
-        while True:
-            event = await self._queue.get()
-            if self._queue.qsize() <= MAX_BACKLOG // 2:
-                self._room.set()
-            if isinstance(event, TERMINAL):
-                yield event
-                return
-            if not self.cancel_requested:
-                yield event
-
-    async def room(self) -> None:
-        """Until the consumer has caught up, when the turn holds too many events for it."""
-        if self._queue.qsize() >= MAX_BACKLOG:
-            self._room.clear()
-            await self._room.wait()
-
-    async def ended_wait(self) -> None:
-        """Until the terminal event is queued (the transcript row is saved by then)."""
-        if not self.ended:
-            if self._ended_event is None:
-                self._ended_event = asyncio.Event()
-            await self._ended_event.wait()
-
-    async def wait(self) -> None:
-        """Until the turn task has ended (transcript saved, lease released)."""
-        if self.task is not None:
-            await asyncio.wait([self.task])
-
 
 @dataclass(slots=True)
 class _Progress:
@@ -185,18 +81,12 @@ class TurnEngine:
         self._running: dict[str, Turn] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._codes = re.compile(settings.stage_code_pattern)
-        self.lease_ttl = settings.lease_ttl
-        self._heartbeat = LeaseHeartbeat(store, self.lease_ttl)
-        self._heartbeat_task: asyncio.Task[None] | None = None
-        # Sessions whose last turn here has not (yet) given its lease back: turn id, until when
-        # it could matter. The session's next turn here takes that lease over instead of waiting.
-        self._releasing: dict[str, tuple[str, float]] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self.leases = InstanceLeases(store, settings.lease_ttl)
         store.on_cancel(self._on_remote_cancel)
 
     def open(self) -> None:
         """Start the instance's lease heartbeat."""
-        self._heartbeat_task = asyncio.create_task(self._heartbeat.run(), name="lease-heartbeat")
+        self.leases.open()
 
     # -- starting and stopping turns -------------------------------------------------------
 
@@ -265,12 +155,7 @@ class TurnEngine:
             turn.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
-        if self._background:
-            await asyncio.wait(list(self._background))
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
-            self._heartbeat_task = None
+        await self.leases.close()
 
     # -- one turn --------------------------------------------------------------------------
 
@@ -316,9 +201,14 @@ class TurnEngine:
                 return "cancelled", None
             if prior is not None:
                 await prior.wait()
-            lease = progress.lease = SessionLease(self.store, turn.session_id, turn.id, self.lease_ttl)
-            await lease.acquire(wait=self._acquire_wait, replaces=self._replaces(turn.session_id, prior))
-            self._heartbeat.add(lease, lambda: self._superseded(turn), turn.fail)
+            progress.lease = await self.leases.take(
+                turn.session_id,
+                turn.id,
+                wait=self.settings.first_token_timeout,
+                after=prior.id if prior is not None else None,
+                lost=lambda: self._superseded(turn),
+                failed=turn.fail,
+            )
             upstream_turn = await self._upstream_turn(turn)
             record.upstream_records = [upstream_turn.human_record_id, upstream_turn.ai_record_id]
             progress.chunks = self.upstream.stream(upstream_turn)
@@ -446,33 +336,8 @@ class TurnEngine:
                 await progress.chunks.aclose()
         except Exception:
             log.exception("upstream_close_failed", session_id=turn.session_id, turn_id=turn.id)
-        lease = progress.lease
-        if lease is not None and lease.held:
-            # The next turn does not wait for this: it takes the lease over (see _replaces).
-            self._heartbeat.discard(lease)
-            self._releasing[turn.session_id] = (turn.id, asyncio.get_running_loop().time() + self.lease_ttl)
-            task = asyncio.create_task(self._release_lease(lease), name=f"release-lease-{turn.id}")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _release_lease(self, lease: SessionLease) -> None:
-        if await lease.release() and self._releasing.get(lease.session_id, ("",))[0] == lease.owner:
-            del self._releasing[lease.session_id]
-
-    @property
-    def _acquire_wait(self) -> float:
-        """How long a turn waits for another instance's turn to give the session up: at least
-        until the lease of an owner that died has expired."""
-        return max(self.settings.first_token_timeout, self.lease_ttl + 1)
-
-    def _replaces(self, session_id: str, prior: Turn | None) -> str | None:
-        """The turn of this instance whose lease the session's new turn may take over."""
-        if prior is not None:
-            return prior.id
-        releasing = self._releasing.pop(session_id, None)
-        if releasing is None or releasing[1] < asyncio.get_running_loop().time():
-            return None
-        return releasing[0]
+        if progress.lease is not None:
+            self.leases.give_back(progress.lease)  # the next turn does not wait for the store
 
     def _superseded(self, turn: Turn) -> None:
         """The heartbeat found the session's lease taken by a newer turn: stop this one."""

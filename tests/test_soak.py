@@ -185,7 +185,7 @@ async def test_soak_leaves_nothing_behind(make_client: Any, aiohttp_server: Any,
 
     engine = app[ENGINE]
     async with asyncio.timeout(BOUND):
-        while engine._tasks or engine._running or engine._background:
+        while engine._tasks or engine._running or engine.leases.pending:
             await asyncio.sleep(0.05)
         for stream in emulator.streams:
             await stream.closed.wait()

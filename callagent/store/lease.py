@@ -134,6 +134,78 @@ class LeaseHeartbeat:
                 held.lost()
 
 
+class InstanceLeases:
+    """The leases of one instance: taking them for its turns, the heartbeat that keeps them,
+    and giving them back without holding up the session's next turn.
+
+    A session whose last turn here has not (yet) given its lease back is remembered, with the
+    time until which that could matter: the session's next turn here takes that lease over.
+    """
+
+    def __init__(self, store: Store, ttl: float) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._heartbeat = LeaseHeartbeat(store, ttl)
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._releasing: dict[str, tuple[str, float]] = {}  # session -> (turn id, until)
+        self._releases: set[asyncio.Task[None]] = set()
+
+    def open(self) -> None:
+        self._heartbeat_task = asyncio.create_task(self._heartbeat.run(), name="lease-heartbeat")
+
+    async def close(self) -> None:
+        if self._releases:
+            await asyncio.wait(list(self._releases))
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+            self._heartbeat_task = None
+
+    @property
+    def pending(self) -> int:
+        """Releases still on their way to the store."""
+        return len(self._releases)
+
+    async def take(
+        self,
+        session_id: str,
+        owner: str,
+        *,
+        wait: float,
+        after: str | None,
+        lost: Callable[[], None],
+        failed: Callable[[CallagentError], None],
+    ) -> SessionLease:
+        """The session's lease for turn ``owner``, kept by the heartbeat until ``give_back``.
+        ``after``: the turn of this instance it follows, if one was running. It waits at least
+        until the lease of an owner that died has expired."""
+        lease = SessionLease(self.store, session_id, owner, self.ttl)
+        await lease.acquire(wait=max(wait, self.ttl + 1), replaces=after or self._released_late(session_id))
+        self._heartbeat.add(lease, lost, failed)
+        return lease
+
+    def give_back(self, lease: SessionLease) -> None:
+        """Release in the background: the session's next turn takes the lease over meanwhile."""
+        if not lease.held:
+            return
+        self._heartbeat.discard(lease)
+        self._releasing[lease.session_id] = (lease.owner, asyncio.get_running_loop().time() + self.ttl)
+        task = asyncio.create_task(self._release(lease), name=f"release-lease-{lease.owner}")
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, lease: SessionLease) -> None:
+        if await lease.release() and self._releasing.get(lease.session_id, ("",))[0] == lease.owner:
+            del self._releasing[lease.session_id]
+
+    def _released_late(self, session_id: str) -> str | None:
+        """The turn of this instance whose lease may still be held for the session."""
+        releasing = self._releasing.pop(session_id, None)
+        if releasing is None or releasing[1] < asyncio.get_running_loop().time():
+            return None
+        return releasing[0]
+
+
 async def wait_released(store: Store, session_id: str, wait: float) -> bool:
     """Until nobody holds the session's lease (True), or ``wait`` seconds passed (False)."""
     loop = asyncio.get_running_loop()
