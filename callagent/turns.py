@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from .errors import CallagentError, UpstreamError, UpstreamTimeout
+from .errors import CallagentError, StoreUnavailable, UpstreamError, UpstreamTimeout
 from .events import Done, Error, TextDelta
 from .metrics import Metrics
 from .pipeline import ReplyPipeline, TurnDeadline
@@ -209,10 +209,17 @@ class TurnEngine:
                 lost=lambda: self._superseded(turn),
                 failed=turn.fail,
             )
-            upstream_turn = await self._upstream_turn(turn)
+            s, loop = self.settings, asyncio.get_running_loop()
+            # The turn's deadlines count from here: the store reads below are part of them.
+            deadline = TurnDeadline(loop.time(), s.first_token_timeout, s.idle_timeout, s.turn_timeout)
+            try:
+                async with asyncio.timeout_at(deadline.first_token_at):
+                    upstream_turn = await self._upstream_turn(turn)
+            except TimeoutError:
+                raise StoreUnavailable(f"the session store did not answer within {s.first_token_timeout:g}s") from None
             record.upstream_records = [upstream_turn.human_record_id, upstream_turn.ai_record_id]
             progress.chunks = self.upstream.stream(upstream_turn)
-            await self._relay(turn, progress, upstream_turn.variables)
+            await self._relay(turn, progress, upstream_turn.variables, deadline)
         except asyncio.CancelledError:
             # Only Turn.cancel(), Turn.fail() and engine shutdown cancel this task; they want
             # Done(cancelled) or the failure, so the cancellation is consumed here and the rest
@@ -239,12 +246,11 @@ class TurnEngine:
             history = tuple(rows[-self.upstream.history_turns :])
         return UpstreamTurn(sid, turn.id, turn.request.text, variables, history)
 
-    async def _relay(self, turn: Turn, progress: _Progress, variables: Mapping[str, Any]) -> None:
+    async def _relay(
+        self, turn: Turn, progress: _Progress, variables: Mapping[str, Any], deadline: TurnDeadline
+    ) -> None:
         """Upstream chunks -> the reply pipeline, under the turn's deadline, until the reply is complete."""
-        s = self.settings
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline = TurnDeadline(now, s.first_token_timeout, s.idle_timeout, s.turn_timeout)
         reply, chunks = progress.reply, progress.chunks
         assert reply is not None and chunks is not None
         try:

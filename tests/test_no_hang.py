@@ -207,3 +207,23 @@ async def test_headers_that_never_finish_are_cut_off(make_client: Any) -> None:
     writer.write(b"POST /chat HTTP/1.1\r\nHost: x\r\n")
     assert await within(2, reader.read()) == b""  # closed by the server
     writer.close()
+
+
+async def test_a_turn_s_first_token_deadline_covers_its_store_reads(
+    make_client: Any, stalled_disk: tuple[Settings, Any]
+) -> None:
+    settings, stall = stalled_disk
+    client = await make_client(settings.with_(store_timeout=2, first_token_timeout=0.4))
+    stall()
+    # A write waits on the disk, and the store's one thread with it (beyond the write's own
+    # deadline): reads queue behind it.
+    assert (await client.post("/set_info", json=body("n7", key="k", value="v"))).status == 503
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await within(2, client.post("/chat?stream=true", json=body("n7", text="喂")))
+    buffer = b""
+    while settings.fallback_text.encode() not in buffer:  # the caller hears the fallback in time
+        buffer += await within(2, resp.content.readany())
+    assert loop.time() - started < 1.5
+    frames = parse_sse(buffer + await within(4, resp.read()))  # the record's write may take its own deadline
+    assert frames[-1][0] == "error" and frames[-1][1]["type"] == "store_unavailable"
