@@ -239,3 +239,31 @@ async def test_compressed_bodies_are_decoded_within_the_size_limit(client: Any) 
     bomb = gzip.compress(b'{"sessionId": "k7", "pad": "' + b" " * 10_000_000 + b'"}')
     head, content = await raw_request(client, b"POST /set_info HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n", bomb)
     assert head.startswith(b"HTTP/1.1 413") and orjson.loads(content)["type"] == "payload_too_large"
+
+
+# -- requests the HTTP parser refuses (the real process and its server) ----------------------
+
+
+async def test_requests_the_parser_refuses_get_the_json_error_shape(tmp_path: Path) -> None:
+    port = free_port()
+    process = serve(tmp_path, port)
+    try:
+        for request in (
+            b"GET /healthz?" + b"x" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # URL too long
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 20_000 + b"\r\n\r\n",  # header too long
+            b"POST /chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",  # bad chunk
+            b"NOT HTTP AT ALL\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            head, _, content = (await asyncio.wait_for(reader.read(), 5)).partition(b"\r\n\r\n")
+            writer.close()
+            assert head.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")), head
+            assert b"application/json" in head, head
+            error = orjson.loads(content)
+            assert set(error) == {"code", "msg", "type"} and head[9:12].decode() == error["code"], error
+            assert "aiohttp" not in error["msg"].lower(), error
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as response:
+            assert response.status == 200, "the process keeps serving"
+    finally:
+        stop_process(process)
