@@ -35,6 +35,7 @@ log = structlog.get_logger("callagent.lease")
 POLL = 0.01
 ASK_AGAIN = 0.25
 BEATS_PER_TTL = 3
+PRUNE_AT = 4096
 
 
 class SessionLease:
@@ -189,7 +190,10 @@ class InstanceLeases:
         if not lease.held:
             return
         self._heartbeat.discard(lease)
-        self._releasing[lease.session_id] = (lease.owner, asyncio.get_running_loop().time() + self.ttl)
+        now = asyncio.get_running_loop().time()
+        if len(self._releasing) >= PRUNE_AT:  # releases lost in a long store outage: forget old ones
+            self._releasing = {sid: held for sid, held in self._releasing.items() if held[1] > now}
+        self._releasing[lease.session_id] = (lease.owner, now + self.ttl)
         task = asyncio.create_task(self._release(lease), name=f"release-lease-{lease.owner}")
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
