@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from ..events import FoldedReply, dumps, sse_frame
-from ..turns import TurnRequest
+from ..turns import Turn, TurnRequest
 from . import validation as v
 from .keys import COMMANDS, METRICS, SETTINGS, STORE, UPSTREAM
 
@@ -106,6 +106,8 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
     ):
         metrics.open_streams.inc()
         drop_half_open(request, send_timeout)
+        consumer = SlowConsumer(request, turn, send_timeout)
+        watch = asyncio.create_task(consumer.watch(), name=f"sse-watch-{turn.id}")
         try:
             seq = 0
             async for event in turn.events():
@@ -115,14 +117,49 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
         except (ConnectionResetError, RuntimeError):
             pass  # the gateway went away; leaving the block cancels the turn
         except TimeoutError:
-            log.warning(
-                "sse_slow_consumer", session_id=turn.session_id, turn_id=turn.id, reason="gateway is not reading"
-            )
-            if request.transport is not None:
-                request.transport.abort()
+            consumer.drop()
         finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             metrics.open_streams.dec()
     return sse
+
+
+class SlowConsumer:
+    """An SSE gateway judged by time: one that leaves what it is sent unread for ``send_timeout``
+    seconds (a write waits that long, or bytes wait that long in the connection's buffer while
+    the turn is quiet) is dropped, with one ``sse_slow_consumer`` warning."""
+
+    def __init__(self, request: web.Request, turn: Turn, send_timeout: float) -> None:
+        self.request = request
+        self.turn = turn
+        self.send_timeout = send_timeout
+        self.dropped = False
+
+    def drop(self) -> None:
+        if self.dropped:
+            return
+        self.dropped = True
+        log.warning(
+            "sse_slow_consumer", session_id=self.turn.session_id, turn_id=self.turn.id, reason="gateway is not reading"
+        )
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
+    async def watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        unread_since: float | None = None
+        while not self.dropped:
+            await asyncio.sleep(self.send_timeout / 4)  # a periodic look, not a wait for something
+            transport = self.request.transport
+            if transport is None or transport.is_closing():
+                return
+            if transport.get_write_buffer_size() == 0:  # the kernel took everything: it is read
+                unread_since = None
+            elif unread_since is None:
+                unread_since = loop.time()
+            elif loop.time() - unread_since >= self.send_timeout:
+                self.drop()
 
 
 def drop_half_open(request: web.Request, send_timeout: float) -> None:
