@@ -1,12 +1,12 @@
 # callagent: `make run` starts the server on the embedded defaults, `make test` passes every test.
-# Both set everything up first (a virtualenv in .venv, and redis-server and Chromium for the tests).
+# Both set everything up first (a virtualenv in .venv; redis-server, nginx and Chromium for the tests).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-min bench lint redis-server chromium clean
+.PHONY: install run test test-min soak bench lint system-packages clean
 
 install: $(STAMP)
 
@@ -19,30 +19,33 @@ $(STAMP): setup.cfg pyproject.toml
 run: install
 	$(BIN)/python -m callagent serve
 
-# The Redis tests start their own redis-server on a free port; install it when missing.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
+# The tests start their own redis-server and nginx and drive Debian's headless Chromium (with a
+# CJK font for the console's screenshots); install whatever is missing, in one apt run.
+system-packages:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || missing="$$missing nginx"; \
+	{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+	  missing="$$missing chromium chromium-driver fonts-wqy-zenhei"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "redis-server is missing: install it (apt-get install redis-server) to run the Redis tests" >&2; exit 1; \
-	  fi; }
+	    echo "missing:$$missing: install them (apt-get install$$missing) to run the tests" >&2; exit 1; \
+	  fi; \
+	fi
 
-# The console's browser tests drive headless Chromium through chromedriver; install both when missing.
-chromium:
-	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei >/dev/null; \
-	  else \
-	    echo "chromium is missing: install it (apt-get install chromium chromium-driver) to run the console's browser tests" >&2; exit 1; \
-	  fi; }
-
-test: install redis-server chromium
+test: install system-packages
 	$(BIN)/python -m pytest -q
+
+# A few minutes of barge-in races, disconnects, faults and bad input; then nothing may be left
+# behind. Not part of `make test`. CALLAGENT_SOAK_SECONDS sets the length (120 by default).
+soak: install system-packages
+	CALLAGENT_SOAK=1 $(BIN)/python -m pytest -q tests/test_soak.py
 
 # The suite again on the lowest versions setup.cfg admits, so the declared bounds stay true.
 MIN_VENV := .venv-min
-test-min: redis-server
+test-min: system-packages
 	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
 	$(PYTHON) scripts/minimum_versions.py > $(MIN_VENV)/constraints.txt
 	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade pip

@@ -6,8 +6,6 @@ import argparse
 import asyncio
 import sys
 
-from aiohttp import web
-
 from .logs import configure_logging
 from .settings import UPSTREAMS, ConfigError, Settings
 
@@ -39,21 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
 
     from .web.app import create_app
+    from .web.server import run
 
     try:
         app = create_app(settings)
     except ConfigError as e:
         print(f"callagent: configuration error: {e}", file=sys.stderr)
         return 2
-    web.run_app(
+    # web.run_app, with the server that answers unparsable requests in the JSON error shape;
+    # a gateway that hangs up cancels its turn at once (handler cancellation).
+    run(
         app,
-        loop=_event_loop(settings.uvloop),
         host=settings.host,
         port=settings.port,
-        handler_cancellation=True,  # a gateway that hangs up cancels its turn at once
         shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,
-        print=lambda line: print(line, file=sys.stderr),
+        loop=_event_loop(settings.uvloop),
     )
     return 0
 

@@ -10,8 +10,13 @@ protocol:
   heard is recorded on the last turn instead.
 - ``set_variables`` / ``get_variables``: session variables. Keys starting with ``_`` are the
   upstreams' internal state: never shown to a gateway.
-- ``delete_last_turn``: undo the last turn upstream and in the variables.
-- ``delete_session``: stop the call's turn, forget it upstream and here.
+- ``delete_last_turn``: undo the last turn upstream and in the variables; refused while a turn
+  of the session is still running (it would be undone half-way, or not at all).
+- ``delete_session``: stop the call's turn, forget it here, then upstream: the local data goes
+  even when the upstream is down, and the upstream's part is reported on its own.
+
+Variables are capped per session (``max_variables`` keys, ``max_variables_bytes`` of JSON):
+one call must not slow every other down.
 - ``require_session``: a session the gateway names must exist.
 """
 
@@ -23,12 +28,17 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SessionNotFound
+import orjson
+import structlog
+
+from .errors import CallagentError, SessionBusy, SessionNotFound, VariablesLimit
 from .settings import Settings
 from .store import Store
 from .store.lease import wait_released
 from .turns import Turn, TurnEngine, TurnRequest
 from .upstream.base import Upstream
+
+log = structlog.get_logger("callagent.commands")
 
 INTERNAL_PREFIX = "_"
 
@@ -92,6 +102,13 @@ class SessionCommands:
     # -- variables -------------------------------------------------------------------------
 
     async def set_variables(self, session_id: str, values: Mapping[str, Any]) -> None:
+        """Write these variables (one atomic write per key in the store), within the caps."""
+        merged = {**await self.store.get_variables(session_id), **values}
+        s = self.settings
+        if len(merged) > s.max_variables:
+            raise VariablesLimit(f"a session holds at most {s.max_variables} variables")
+        if len(orjson.dumps(merged)) > s.max_variables_bytes:
+            raise VariablesLimit(f"a session's variables take at most {s.max_variables_bytes} bytes")
         await self.store.set_variables(session_id, values)
 
     async def get_variables(self, session_id: str) -> dict[str, Any]:
@@ -114,7 +131,14 @@ class SessionCommands:
 
     async def delete_last_turn(self, session_id: str) -> str | None:
         """Delete the last turn's upstream records and undo the variables it set."""
+        running = self.engine.running(session_id)
+        if running is not None and not running.ended:
+            raise SessionBusy(f"session {session_id} is running a turn: interrupt it first")
         record = await self.store.last_turn(session_id)
+        owner = await self.store.lease_owner(session_id)
+        if owner is not None and (record is None or record.turn_id != owner):
+            # Another instance runs a turn that has not recorded its reply yet.
+            raise SessionBusy(f"session {session_id} is running a turn: interrupt it first")
         if record is None:
             return None
         await self.upstream.delete_records(session_id, record.upstream_records)
@@ -126,8 +150,11 @@ class SessionCommands:
         await self.store.save_turn(record)
         return record.turn_id
 
-    async def delete_session(self, session_id: str) -> None:
-        """Stop the session's turn, forget its conversation upstream and its data here."""
+    async def delete_session(self, session_id: str) -> CallagentError | None:
+        """Stop the session's turn, forget its data here, then its conversation upstream.
+
+        The local data is gone when this returns; the upstream's failure, if any, is returned.
+        """
         turn = self.engine.running(session_id)
         if turn is not None:
             turn.cancel()
@@ -135,5 +162,10 @@ class SessionCommands:
         elif await self.engine.cancel_elsewhere(session_id, None):
             # A turn on another instance saves its transcript as it stops: let it, then delete.
             await wait_released(self.store, session_id, self.settings.first_token_timeout)
-        await self.upstream.delete_session(session_id)
         await self.store.delete_session(session_id)
+        try:
+            await self.upstream.delete_session(session_id)
+        except CallagentError as e:
+            log.warning("upstream_session_not_deleted", session_id=session_id, error=e.msg)
+            return e
+        return None

@@ -5,7 +5,10 @@
     CallagentError                      500 internal_error
     ├── InvalidRequest                  422 invalid_request
     │   └── MalformedJSON               400 malformed_json
+    ├── RequestTimeout                  408 request_timeout        (the body did not arrive in time)
     ├── PayloadTooLarge                 413 payload_too_large
+    │   └── VariablesLimit              413 variables_limit        (per-session variable caps)
+    ├── UnsupportedEncoding             415 unsupported_encoding
     ├── Unauthorized                    401 unauthorized
     ├── Forbidden                       403 forbidden             (a Twilio signature that does not verify)
     ├── NotFound                        404 not_found
@@ -61,6 +64,20 @@ class MalformedJSON(InvalidRequest):
 class PayloadTooLarge(CallagentError):
     status = 413
     type = "payload_too_large"
+
+
+class VariablesLimit(PayloadTooLarge):
+    type = "variables_limit"
+
+
+class RequestTimeout(CallagentError):
+    status = 408
+    type = "request_timeout"
+
+
+class UnsupportedEncoding(CallagentError):
+    status = 415
+    type = "unsupported_encoding"
 
 
 class Unauthorized(CallagentError):

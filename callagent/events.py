@@ -45,10 +45,13 @@ class TextDelta:
 class Done:
     status: str  # "completed" | "cancelled"
     latency: dict[str, float | None] = field(default_factory=dict)
+    saved: bool = True  # the turn's transcript row is in the store
     event = "done"
 
     def fields(self) -> dict[str, Any]:
-        return {"status": self.status, "latency": self.latency}
+        if self.saved:
+            return {"status": self.status, "latency": self.latency}
+        return {"status": self.status, "latency": self.latency, "transcriptSaved": False}
 
 
 @dataclass(slots=True)

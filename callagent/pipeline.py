@@ -2,7 +2,7 @@
 
 ``ReplyPipeline`` turns the upstream's text pieces into the turn's events::
 
-    feed(piece) -> StateTagParser -> stage(code)  -> StageCode
+    feed(piece) -> StateTagParser -> stage(code)  -> StageCode (only codes of the configured format)
                                   -> speak(text)  -> [ClauseSegmenter] -> TextDelta
     flush timer: a clause held back longer than ``flush_delay`` is spoken as it is
     finish(): what the parser and the segmenter still hold
@@ -15,6 +15,7 @@ deadline, moved forward as text arrives.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from time import perf_counter
 
@@ -26,6 +27,7 @@ from .tags import StageTag, StateTagParser
 
 class ReplyPipeline:
     __slots__ = (
+        "_codes",
         "_emit",
         "_flush_handle",
         "_loop",
@@ -40,8 +42,15 @@ class ReplyPipeline:
         "text",
     )
 
-    def __init__(self, emit: Callable[[Event], None], stages: StageTable, segment: SegmentOptions | None) -> None:
+    def __init__(
+        self,
+        emit: Callable[[Event], None],
+        stages: StageTable,
+        segment: SegmentOptions | None,
+        codes: re.Pattern[str] | None = None,
+    ) -> None:
         self._emit = emit
+        self._codes = codes
         self._stages = stages
         self._parser = StateTagParser()
         self._segment = segment
@@ -68,6 +77,8 @@ class ReplyPipeline:
 
     def stage_code(self, code: str) -> None:
         stage = self._stages.resolve(code)
+        if self._codes is not None and not self._codes.fullmatch(stage.code):
+            return  # the workflow's text is not to be trusted: only well-formed codes go out
         if self.first_stage is None:
             self.first_stage = perf_counter()
         self.stages.append(stage.code)

@@ -63,12 +63,23 @@ class Settings:
     console_keys: tuple[Secret, ...] = ()
     console_viewer_buffer: int = 1000  # feed chunks queued for one console viewer before it is dropped
     connect_timeout: float = 3.0
+    # Upstream calls other than the reply stream (readiness, deletes) are whole within this.
+    upstream_request_timeout: float = 5.0
+    # The session lease expires this long after its instance last renewed it (a crashed instance
+    # holds its calls' sessions about this long); renewed three times per TTL.
+    lease_ttl: float = 3.0
+    # A store operation that takes longer fails (503 store_unavailable): a stalled disk or Redis.
+    store_timeout: float = 2.0
+    # Request headers and a request body must arrive within this (slow or stalled clients).
+    request_read_timeout: float = 15.0
     first_token_timeout: float = 10.0
     idle_timeout: float = 15.0
     turn_timeout: float = 120.0
     fallback_enabled: bool = True
     fallback_stage: str = "0001"
     fallback_text: str = _DEFAULT_FALLBACK_TEXT
+    # Stage codes the workflow writes are sent on only when they match this (whole) pattern.
+    stage_code_pattern: str = r"[0-9A-Za-z]{1,16}"
     stages_file: str = ""
     local_script: str = ""
     local_chunk_delay: float = 0.0
@@ -84,7 +95,13 @@ class Settings:
     openai_route_keepalive: float = 2.5  # seconds between keep-alive comments on its streams
     openai_route_model: str = "callagent"  # the model id GET /v1/models lists
     tools_file: str = ""
+    # Per session: at most this many variables, of at most this many bytes together (JSON).
+    max_variables: int = 256
+    max_variables_bytes: int = 256 * 1024
+    # Messages queued for a WebSocket before the sender waits for the gateway to read some.
     ws_send_queue: int = 256
+    # A WebSocket gateway that leaves a message unwritten this long is disconnected.
+    ws_send_timeout: float = 15.0
     ws_heartbeat: float = 20.0
     shutdown_timeout: float = 10.0
     transcript_ttl: int = 7 * 24 * 3600
@@ -233,11 +250,16 @@ def _validate(s: Settings) -> None:
         fail("CALLAGENT_STORE", f"{s.store!r}: use sqlite:///path.db, redis://host:port/db or memory://")
     for name in (
         "connect_timeout",
+        "upstream_request_timeout",
+        "store_timeout",
+        "lease_ttl",
+        "request_read_timeout",
         "first_token_timeout",
         "idle_timeout",
         "turn_timeout",
         "sse_send_timeout",
         "sse_ping_interval",
+        "ws_send_timeout",
         "ws_heartbeat",
         "shutdown_timeout",
         "openai_route_keepalive",
@@ -246,7 +268,11 @@ def _validate(s: Settings) -> None:
             fail(f"CALLAGENT_{name.upper()}", "must be a positive number of seconds")
     if s.local_chunk_delay < 0:
         fail("CALLAGENT_LOCAL_CHUNK_DELAY", "must be >= 0")
-    if not re.fullmatch(r"[0-9A-Za-z]{1,16}", s.fallback_stage):
+    try:
+        codes = re.compile(s.stage_code_pattern)
+    except re.error as e:
+        fail("CALLAGENT_STAGE_CODE_PATTERN", f"not a regular expression: {e}")
+    if not re.fullmatch(r"[0-9A-Za-z]{1,16}", s.fallback_stage) or not codes.fullmatch(s.fallback_stage):
         fail("CALLAGENT_FALLBACK_STAGE", f"{s.fallback_stage!r} is not a stage code")
     if s.interrupt_records not in ("keep", "delete"):
         fail("CALLAGENT_INTERRUPT_RECORDS", "must be 'keep' or 'delete'")
@@ -268,6 +294,8 @@ def _validate(s: Settings) -> None:
         "max_text_chars",
         "max_body_bytes",
         "openai_route_max_body_bytes",
+        "max_variables",
+        "max_variables_bytes",
         "ws_send_queue",
         "transcript_ttl",
         "console_viewer_buffer",

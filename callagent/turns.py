@@ -19,31 +19,33 @@ A turn has one timer (``pipeline.TurnDeadline``): first token, then idle gap, bo
 whole-turn deadline; connecting is bounded by the upstream client's own timeout. An upstream
 failure still gives the caller the fallback phrase and the gateway the fallback stage before
 the ``Error`` event. The reply's text goes through ``pipeline.ReplyPipeline`` (tags, clauses).
-Session operations that are not turns (variables, undo, delete) live in ``commands``.
+``Turn`` itself is in ``turn``, the instance's leases in ``store.lease``. Session operations
+that are not turns (variables, undo, delete) live in ``commands``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from .errors import CallagentError, UpstreamError, UpstreamTimeout
-from .events import TERMINAL, Done, Error, Event, TextDelta
+from .errors import CallagentError, StoreUnavailable, UpstreamError, UpstreamTimeout
+from .events import Done, Error, TextDelta
 from .metrics import Metrics
 from .pipeline import ReplyPipeline, TurnDeadline
-from .segment import SegmentOptions
 from .settings import Settings
 from .stages import StageTable
 from .store import Store, TurnRecord
-from .store.lease import LeaseLost, SessionLease
+from .store.lease import InstanceLeases, SessionLease
+from .turn import Turn, TurnObserver, TurnRequest
 from .upstream.base import (
     END_OF_SPEECH,
     Upstream,
@@ -53,113 +55,12 @@ from .upstream.base import (
     VariablesUpdate,
 )
 
+__all__ = ["Turn", "TurnEngine", "TurnObserver", "TurnRequest", "new_turn_id"]
+
 log = structlog.get_logger(component="callagent.turns")
 
 DRAIN_TIMEOUT = 5.0
 """How long a finished turn keeps reading the upstream for its end-of-stream bookkeeping."""
-DRAIN_WAIT = 2.0
-"""How much longer that reading may go on once a new turn of the session waits for it."""
-
-
-class TurnObserver(Protocol):
-    """Watches turns for the operator console (``callagent.console.feed``).
-
-    The engine holds one only while someone watches; with none, a turn pays one attribute
-    check per event. The calls must not block or raise: they run inside the turn.
-    """
-
-    def turn_started(self, turn: Turn) -> None: ...
-
-    def turn_event(self, turn: Turn, event: Event) -> None: ...
-
-
-@dataclass(slots=True)
-class TurnRequest:
-    session_id: str
-    text: str
-    time_stamp: str = ""
-    transport: str = "http"
-    turn_id: str | None = None
-    segment: SegmentOptions | None = None
-
-
-class Turn:
-    """A running turn: its id, its events, and the handle to stop it."""
-
-    def __init__(self, request: TurnRequest, turn_id: str) -> None:
-        self.id = turn_id
-        self.request = request
-        self.session_id = request.session_id
-        self.task: asyncio.Task[None] | None = None
-        self.cancel_requested = False
-        self.spoken_text: str | None = None
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
-        # "running": cancelling interrupts the task. "finishing": the reply is being recorded
-        # and its terminal event sent; a cancel only stops what follows. "draining": the
-        # caller has the whole reply; a cancel lets the upstream's bookkeeping finish, bounded.
-        self.phase = "running"
-        self.ended = False  # the terminal event was emitted
-        self._ended_event: asyncio.Event | None = None  # made only when someone waits for it
-        self._drain_deadline: asyncio.Timeout | None = None
-        self.observer: TurnObserver | None = None  # the console's feed, while someone watches
-
-    def __repr__(self) -> str:
-        return f"Turn({self.id!r}, session={self.session_id!r})"
-
-    def emit(self, event: Event) -> None:
-        if self.observer is not None:
-            self.observer.turn_event(self, event)
-        self._queue.put_nowait(event)
-        if isinstance(event, TERMINAL):
-            self.ended = True
-            if self._ended_event is not None:
-                self._ended_event.set()
-
-    def cancel(self, spoken_text: str | None = None) -> bool:
-        """Stop the turn now; ``spoken_text`` is what the caller heard of it.
-
-        False if the reply was already complete (or the turn already cancelled).
-        """
-        if self.cancel_requested or self.task is None or self.task.done():
-            return False
-        self.cancel_requested = True
-        if self.phase == "running":
-            self.spoken_text = spoken_text
-            self.task.cancel()
-            return True
-        if self._drain_deadline is not None:
-            # The upstream is still saving the reply (FastGPT: until [DONE]); whoever waits for this
-            # turn (the session's next turn) must not race that save: let it go on, DRAIN_WAIT at most.
-            when, wait_until = self._drain_deadline.when(), asyncio.get_running_loop().time() + DRAIN_WAIT
-            self._drain_deadline.reschedule(wait_until if when is None else min(when, wait_until))
-        return False
-
-    @property
-    def done(self) -> bool:
-        return self.task is not None and self.task.done()
-
-    async def events(self) -> AsyncIterator[Event]:
-        """The turn's events up to and including its terminal one."""
-        while True:
-            event = await self._queue.get()
-            if isinstance(event, TERMINAL):
-                yield event
-                return
-            if not self.cancel_requested:
-                yield event
-
-    async def ended_wait(self) -> None:
-        """Until the terminal event is queued (the transcript row is saved by then)."""
-        if not self.ended:
-            if self._ended_event is None:
-                self._ended_event = asyncio.Event()
-            await self._ended_event.wait()
-
-    async def wait(self) -> None:
-        """Until the turn task has ended (transcript saved, lease released)."""
-        if self.task is not None:
-            await asyncio.wait([self.task])
-
 
 @dataclass(slots=True)
 class _Progress:
@@ -186,10 +87,15 @@ class TurnEngine:
         self.stages = stages
         self.metrics = metrics or Metrics()
         self._running: dict[str, Turn] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self.observer: TurnObserver | None = None  # set by the console's feed while someone watches
-        self.lease_ttl = settings.connect_timeout + max(settings.first_token_timeout, settings.idle_timeout) + 5
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._codes = re.compile(settings.stage_code_pattern)
+        self.leases = InstanceLeases(store, settings.lease_ttl)
         store.on_cancel(self._on_remote_cancel)
+
+    def open(self) -> None:
+        """Start the instance's lease heartbeat."""
+        self.leases.open()
 
     # -- starting and stopping turns -------------------------------------------------------
 
@@ -206,8 +112,19 @@ class TurnEngine:
         turn.task = asyncio.create_task(self._run(turn, prior), name=f"turn-{turn.id}")
         self._tasks.add(turn.task)
         turn.task.add_done_callback(self._tasks.discard)
+        turn.task.add_done_callback(lambda _: self._never_ran(turn))
         self.metrics.running_turns.inc()
         return turn
+
+    def _never_ran(self, turn: Turn) -> None:
+        """The task was cancelled from outside before its first step (loop shutdown): its body,
+        which ends every turn, never ran, so end the turn here."""
+        if turn.started:
+            return
+        if self._running.get(turn.session_id) is turn:
+            del self._running[turn.session_id]
+        self.metrics.running_turns.dec()
+        turn.emit(Done("cancelled"))
 
     @asynccontextmanager
     async def turn(self, request: TurnRequest) -> AsyncIterator[Turn]:
@@ -253,11 +170,13 @@ class TurnEngine:
             turn.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
+        await self.leases.close()
 
     # -- one turn --------------------------------------------------------------------------
 
     async def _run(self, turn: Turn, prior: Turn | None) -> None:
         """The turn task: converse, then finish (fallback, record, terminal event), then drain."""
+        turn.started = True
         progress = _Progress()
         record = TurnRecord(
             session_id=turn.session_id,
@@ -267,7 +186,7 @@ class TurnEngine:
             transport=turn.request.transport,
             received_at=time.time(),
         )
-        reply = progress.reply = ReplyPipeline(turn.emit, self.stages, turn.request.segment)
+        reply = progress.reply = ReplyPipeline(turn.emit, self.stages, turn.request.segment, self._codes)
         try:
             status, error = await self._converse(turn, prior, progress, record)
             # From here on nothing cancels this task (see Turn.cancel), so every step below runs.
@@ -293,21 +212,36 @@ class TurnEngine:
     ) -> tuple[str, CallagentError | None]:
         """Wait for the session, run the upstream, relay its reply: (status, error)."""
         try:
+            if turn.cancel_requested:  # stopped before its task ran
+                return "cancelled", None
             if prior is not None:
                 await prior.wait()
-            progress.lease = SessionLease(self.store, turn.session_id, turn.id, self.lease_ttl)
-            await progress.lease.acquire(wait=self.settings.first_token_timeout)
-            upstream_turn = await self._upstream_turn(turn)
+            progress.lease = await self.leases.take(
+                turn.session_id,
+                turn.id,
+                wait=self.settings.first_token_timeout,
+                after=prior.id if prior is not None else None,
+                lost=lambda: self._superseded(turn),
+                failed=turn.fail,
+            )
+            s, loop = self.settings, asyncio.get_running_loop()
+            # The turn's deadlines count from here: the store reads below are part of them.
+            deadline = TurnDeadline(loop.time(), s.first_token_timeout, s.idle_timeout, s.turn_timeout)
+            try:
+                async with asyncio.timeout_at(deadline.first_token_at):
+                    upstream_turn = await self._upstream_turn(turn)
+            except TimeoutError:
+                raise StoreUnavailable(f"the session store did not answer within {s.first_token_timeout:g}s") from None
             record.upstream_records = [upstream_turn.human_record_id, upstream_turn.ai_record_id]
             progress.chunks = self.upstream.stream(upstream_turn)
-            await self._relay(turn, progress, upstream_turn.variables)
+            await self._relay(turn, progress, upstream_turn.variables, deadline)
         except asyncio.CancelledError:
-            # Only Turn.cancel() and engine shutdown cancel this task; both want Done(cancelled),
-            # so the cancellation is consumed here and the rest of the turn runs normally.
+            # Only Turn.cancel(), Turn.fail() and engine shutdown cancel this task; they want
+            # Done(cancelled) or the failure, so the cancellation is consumed here and the rest
+            # of the turn runs normally.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            return "cancelled", None
-        except LeaseLost as e:
-            log.warning("turn_superseded", session_id=turn.session_id, turn_id=turn.id, reason=str(e))
+            if turn.failure is not None:
+                return "failed", turn.failure
             return "cancelled", None
         except CallagentError as e:
             return "failed", e
@@ -327,14 +261,13 @@ class TurnEngine:
             history = tuple(rows[-self.upstream.history_turns :])
         return UpstreamTurn(sid, turn.id, turn.request.text, variables, history)
 
-    async def _relay(self, turn: Turn, progress: _Progress, variables: Mapping[str, Any]) -> None:
+    async def _relay(
+        self, turn: Turn, progress: _Progress, variables: Mapping[str, Any], deadline: TurnDeadline
+    ) -> None:
         """Upstream chunks -> the reply pipeline, under the turn's deadline, until the reply is complete."""
-        s = self.settings
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline = TurnDeadline(now, s.first_token_timeout, s.idle_timeout, s.turn_timeout)
-        reply, lease, chunks = progress.reply, progress.lease, progress.chunks
-        assert reply is not None and lease is not None and chunks is not None
+        reply, chunks = progress.reply, progress.chunks
+        assert reply is not None and chunks is not None
         try:
             async with deadline.armed():
                 async for chunk in chunks:
@@ -343,6 +276,7 @@ class TurnEngine:
                         progress.first_byte = perf_counter()
                     if isinstance(chunk, str):
                         reply.feed(chunk)
+                        await turn.room()
                     elif chunk is END_OF_SPEECH:
                         break
                     elif isinstance(chunk, VariablesUpdate):
@@ -353,8 +287,6 @@ class TurnEngine:
                         progress.records = list(chunk)
                     if reply.first_text is not None:
                         deadline.alive(now)
-                    if lease.due(now):
-                        await lease.keep(now)
         except TimeoutError:
             why = deadline.explain(loop.time(), progress.first_byte is not None, reply.first_text is not None)
             raise UpstreamTimeout(why) from None
@@ -384,6 +316,7 @@ class TurnEngine:
         record.status = status
         record.error_type = error.type if error else None
         record.timings = latency
+        saved = True
         try:
             if progress.variables:
                 before = await self.store.get_variables(turn.session_id)
@@ -391,11 +324,12 @@ class TurnEngine:
                 await self.store.set_variables(turn.session_id, progress.variables)
             await self.store.save_turn(record)
         except CallagentError as e:
+            saved = False
             log.error("transcript_not_saved", session_id=turn.session_id, turn_id=turn.id, error=e.msg)
         if status == "cancelled" and s.interrupt_records == "delete" and progress.first_byte is not None:
             await self._delete_upstream_records(turn, record)
         self._observe(turn, progress, reply, status, error, latency)
-        turn.emit(Error(error) if error is not None else Done(status, latency))
+        turn.emit(Error(error) if error is not None else Done(status, latency, saved))
 
     async def _delete_upstream_records(self, turn: Turn, record: TurnRecord) -> None:
         try:
@@ -428,7 +362,12 @@ class TurnEngine:
         except Exception:
             log.exception("upstream_close_failed", session_id=turn.session_id, turn_id=turn.id)
         if progress.lease is not None:
-            await progress.lease.release()
+            self.leases.give_back(progress.lease)  # the next turn does not wait for the store
+
+    def _superseded(self, turn: Turn) -> None:
+        """The heartbeat found the session's lease taken by a newer turn: stop this one."""
+        log.warning("turn_superseded", session_id=turn.session_id, turn_id=turn.id, reason="lease lost")
+        turn.cancel()
 
     def _observe(
         self,
@@ -443,7 +382,8 @@ class TurnEngine:
         m.turns.labels(turn.request.transport, status).inc()
         stage = reply.stage
         if stage:
-            m.stage_codes.labels(stage).inc()
+            # A label per code the workflow invents would grow the metrics without bound.
+            m.stage_codes.labels(stage if stage in self.stages else "other").inc()
         if error is not None:
             m.turn_errors.labels(error.type).inc()
             if isinstance(error, UpstreamError):

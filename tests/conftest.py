@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -14,13 +15,41 @@ from callagent.settings import Settings
 from callagent.web.app import create_app
 from scripts.emulators import fastgpt as fastgpt_emulator
 
+from . import redis_server as _processes
+from .canary import CANARY_KEY, PLANTED, Leaks, install
+from .redis_server import RedisServer
+
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+_LEAKS = Leaks(PLANTED)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def canary_scan() -> Leaks:
+    """Scan every response and log line of the run for the planted FastGPT keys (tests/canary.py)."""
+    install(_LEAKS)
+    return _LEAKS
+
+
+@pytest.fixture(autouse=True)
+def no_key_leaked(canary_scan: Leaks) -> Iterator[None]:
+    """Fail the test during which a planted key left callagent."""
+    canary_scan.take()
+    yield
+    canary_scan.process_logs.extend(_processes.PROCESS_LOGS)
+    _processes.PROCESS_LOGS.clear()
+    canary_scan.check_process_logs()
+    leaked = canary_scan.take()
+    assert not leaked, "a planted FastGPT key left callagent:\n" + "\n".join(leaked)
 
 
 @pytest.fixture
 def emulator_app(request: pytest.FixtureRequest) -> Any:
     """The emulator as the FastGPT release a test names (``indirect`` parametrization), else the newest."""
-    return fastgpt_emulator.create_emulator_app(build=getattr(request, "param", fastgpt_emulator.DEFAULT_BUILD))
+    return fastgpt_emulator.create_emulator_app(
+        api_key=CANARY_KEY, build=getattr(request, "param", fastgpt_emulator.DEFAULT_BUILD)
+    )
 
 
 BUILDS = list(fastgpt_emulator.BUILDS)
@@ -52,7 +81,7 @@ def fastgpt_settings(emulator_server: TestServer, tmp_path: Path) -> Settings:
         tmp_path,
         upstream="fastgpt",
         fastgpt_base_url=str(emulator_server.make_url("")).rstrip("/"),
-        fastgpt_api_key="fastgpt-test",
+        fastgpt_api_key=CANARY_KEY,  # type: ignore[arg-type]
         fastgpt_app_id="app1",
     )
 
@@ -97,11 +126,6 @@ def parse_sse(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
 
 # -- Redis: a real redis-server on a free loopback port (tests/redis_server.py) --------------
 
-from collections.abc import AsyncIterator, Iterator  # noqa: E402
-
-import aiohttp  # noqa: E402
-
-from .redis_server import RedisServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -93,8 +93,14 @@ def stop_process(process: subprocess.Popen[Any] | None, timeout: float = 5.0) ->
     process.wait()
 
 
+PROCESS_LOGS: list[Path] = []
+"""Output files of the processes started by the current test."""
+
+
 def start_process(args: list[str], log_path: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
-    """A subprocess whose output goes to ``log_path`` (a pipe nobody reads would block it)."""
+    """A subprocess whose output goes to ``log_path`` (a pipe nobody reads would block it).
+    The output is scanned for planted keys when the test ends (tests/canary.py)."""
+    PROCESS_LOGS.append(log_path)
     with log_path.open("ab") as log:
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kwargs)
 

@@ -14,6 +14,7 @@ import pytest
 from callagent.web.keys import STORE
 from scripts.emulators import fastgpt as fe
 
+from .canary import CANARY_KEY
 from .conftest import body, every_build, parse_sse
 
 REPLY = "<state>1002</state>您好，请问有人受伤吗？"
@@ -74,7 +75,7 @@ async def test_json_reply_is_the_folded_stream(fastgpt_client: Any, emulator: An
     assert sent["stream"] is True and sent["detail"] is True and sent["chatId"] == "a1002"
     assert sent["messages"] == [{"role": "user", "content": "发生了交通事故", "dataId": f"{data['turnId']}-q"}]
     assert sent["responseChatItemId"] == f"{data['turnId']}-a"
-    assert req.headers["Authorization"] == "Bearer fastgpt-test"
+    assert req.headers["Authorization"] == f"Bearer {CANARY_KEY}"
 
 
 @every_build

@@ -2,8 +2,8 @@
 
 Everything here is real and out of process: a ``redis-server``, the FastGPT emulator, and
 ``python -m callagent serve`` instances with ``CALLAGENT_STORE=redis://...``, driven over HTTP.
-Small upstream timeouts keep the turn lease short (connect + max(first token, idle) + 5 s = 8 s),
-so the test of a dead owner waits for it to expire in reasonable time.
+The session lease lives ``LEASE_TTL`` seconds after the instance last renewed it, so a call
+whose instance died goes on elsewhere about that much later.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 CHUNK_DELAY = 0.05  # 4 characters a chunk: REPLY takes about 1.7 s to stream
 REPLY = "<state>1002</state>" + "您好，请问现场有没有人受伤？" * 8
 SPOKEN = REPLY.removeprefix("<state>1002</state>")
-LEASE_TTL = 1 + max(2, 2) + 5
+LEASE_TTL = 3.0  # the default CALLAGENT_LEASE_TTL
 CANCEL_BOUND = 0.1  # seconds from the request on B to the end of A's stream
 FALLBACK_TEXT = "抱歉，系统暂时无法处理，正在为您转接人工客服，请稍候。"
 
@@ -152,18 +152,12 @@ async def test_lease_of_a_killed_owner_expires(cluster: Cluster, http: Any) -> N
     cluster.c.process.wait()
     killed = time.monotonic()
     stream.response.close()
-    # The dead owner's lease still holds: B may not start a second turn of the call yet.
-    status, reply = await post(http, cluster.b, "/chat", sessionId="killed-1", text="喂")
-    assert (status, reply["error"]["type"], reply["text"]) == (200, "session_busy", FALLBACK_TEXT)
-    # It expires (no renewal from the dead), and the call goes on on B.
-    while True:
-        status, reply = await post(http, cluster.b, "/cancel", sessionId="killed-1")
-        if not reply["cancelled"]:
-            break
-        assert time.monotonic() - killed < LEASE_TTL + 2, "the dead owner's lease never expired"
-        await asyncio.sleep(0.1)
-    frames = await (await stream_chat(http, cluster.b, "killed-1")).rest()
-    assert done_status(frames) == "completed"
+    # The dead owner does not answer the cancel; its lease expires (nobody renews it) and the
+    # caller's next utterance, sent to B at once, runs then: no session_busy, no transfer.
+    following = await stream_chat(http, cluster.b, "killed-1")
+    await following.until("text_delta")
+    assert time.monotonic() - killed < LEASE_TTL + 1, "the dead owner's lease held too long"
+    assert done_status(await following.rest()) == "completed"
 
 
 # -- Redis outage ------------------------------------------------------------------------------

@@ -152,6 +152,27 @@ async def test_lease_of_a_dead_owner_expires(store: Store) -> None:
     assert not await store.renew_lease("s1", "dead", 30)
 
 
+async def test_a_turn_takes_over_the_lease_of_the_turn_it_follows(store: Store) -> None:
+    """A lost release (a store stall) never blocks the session's next turn on the same instance."""
+    assert await store.acquire_lease("s1", "before", 30)
+    assert not await store.acquire_lease("s1", "next", 30, replaces="someone-else")
+    assert await store.acquire_lease("s1", "next", 30, replaces="before")
+    assert await store.lease_owner("s1") == "next"
+    assert await store.release_lease("s1", "before") is True  # late: changes nothing
+    assert await store.lease_owner("s1") == "next"
+
+
+async def test_many_leases_are_renewed_in_one_call(store: Store) -> None:
+    assert await store.acquire_lease("s1", "turn-a", 0.3)
+    assert await store.acquire_lease("s2", "turn-b", 0.3)
+    assert await store.renew_leases([("s1", "turn-a"), ("s2", "not-the-owner"), ("s3", "nobody")], 30) == [
+        True,
+        False,
+        False,
+    ]
+    assert await store.renew_leases([], 30) == []
+
+
 async def test_renewing_keeps_the_lease(store: Store) -> None:
     assert await store.acquire_lease("s1", "turn-a", 0.2)
     assert await store.renew_lease("s1", "turn-a", 30)

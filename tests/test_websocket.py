@@ -188,7 +188,7 @@ async def test_a_gateway_that_stops_reading_is_disconnected(
 ) -> None:
     emulator.set_fault("big")
     emulator.chunk_chars = 2
-    client = await make_client(fastgpt_settings.with_(ws_send_queue=16))
+    client = await make_client(fastgpt_settings.with_(ws_send_queue=16, ws_send_timeout=0.5))
     ws = await client.ws_connect("/ws")
     with capture_logs() as logs:
         await ws.send_json({"type": "chat", "sessionId": "slow", "text": "喂"})

@@ -141,7 +141,7 @@ async def undo(request: web.Request) -> web.Response:
 @routes.post("/console/api/sessions/{session_id}/variables")
 async def set_variable(request: web.Request) -> web.Response:
     session_id = await request.app[COMMANDS].require_session(session_of(request))
-    data = await v.json_body(request)
+    data = await v.json_body(request, request.app[SETTINGS].request_read_timeout)
     key, value = v.variable_key(data), v.variable_value(data)
     await request.app[COMMANDS].set_variables(session_id, {key: value})
     return await acted(request, session_id, "set_variable", key=key, value=value)

@@ -5,8 +5,8 @@ Implementations: ``MemoryStore`` (``memory://``, one process, nothing kept), ``S
 (``redis://``, shared by several processes behind a load balancer).
 
 The lease makes "one turn at a time per session" hold across processes: a turn runs only
-while it owns ``lease(session)``; the owner renews it while the turn runs and releases it on
-every exit path, and a lease whose owner died simply expires. Cancellation of a turn running
+while it owns ``lease(session)``; the instance renews it while the turn runs and releases it
+on every exit path, and a lease whose owner died simply expires (``store.lease``). Cancellation of a turn running
 in another process travels through ``publish_cancel``; every process hands what it receives
 to the callback registered with ``on_cancel``.
 """
@@ -91,11 +91,19 @@ class Store(Protocol):
         """The newest transcript row not marked deleted."""
         ...
 
-    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool: ...
+    async def acquire_lease(self, session_id: str, owner: str, ttl: float, replaces: str | None = None) -> bool:
+        """Take the lease if it is free, already ``owner``'s, or ``replaces``'s."""
+        ...
 
     async def renew_lease(self, session_id: str, owner: str, ttl: float) -> bool: ...
 
-    async def release_lease(self, session_id: str, owner: str) -> None: ...
+    async def renew_leases(self, leases: list[tuple[str, str]], ttl: float) -> list[bool]:
+        """Renew many (session, owner) leases in one round trip; True for each one renewed."""
+        ...
+
+    async def release_lease(self, session_id: str, owner: str) -> bool:
+        """Never raises; False if the store could not be reached (the lease then expires)."""
+        ...
 
     async def lease_owner(self, session_id: str) -> str | None:
         """The turn id holding the session's lease, if a live one does."""

@@ -15,10 +15,10 @@ class ProcessLocalLeases:
     def __init__(self) -> None:
         self._leases: dict[str, tuple[str, float]] = {}
 
-    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:
+    async def acquire_lease(self, session_id: str, owner: str, ttl: float, replaces: str | None = None) -> bool:
         now = time.monotonic()
         held = self._leases.get(session_id)
-        if held and held[0] != owner and held[1] > now:
+        if held and held[0] not in (owner, replaces) and held[1] > now:
             return False
         self._leases[session_id] = (owner, now + ttl)
         return True
@@ -30,10 +30,14 @@ class ProcessLocalLeases:
         self._leases[session_id] = (owner, time.monotonic() + ttl)
         return True
 
-    async def release_lease(self, session_id: str, owner: str) -> None:
+    async def renew_leases(self, leases: list[tuple[str, str]], ttl: float) -> list[bool]:
+        return [await self.renew_lease(session_id, owner, ttl) for session_id, owner in leases]
+
+    async def release_lease(self, session_id: str, owner: str) -> bool:
         held = self._leases.get(session_id)
         if held and held[0] == owner:
             del self._leases[session_id]
+        return True
 
     async def lease_owner(self, session_id: str) -> str | None:
         held = self._leases.get(session_id)

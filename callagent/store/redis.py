@@ -48,15 +48,19 @@ log = structlog.get_logger(component="callagent.store.redis")
 T = TypeVar("T")
 
 CANCEL_CHANNEL = "callagent:cancel"
-SOCKET_TIMEOUT = 2.0  # connect and read: a request that needs a hung Redis fails within about this
 HEALTH_CHECK_INTERVAL = 15  # seconds idle before a pooled connection is checked with PING
 RESUBSCRIBE_FIRST, RESUBSCRIBE_MAX = 0.05, 0.5  # pause between attempts to re-subscribe
 
 # Taking a lease the caller already owns succeeds (and refreshes it): a command retried after
-# a lost reply must not lock its own turn out.
+# a lost reply must not lock its own turn out. ARGV[3], when not empty, is the turn this one
+# follows on the same instance: its lease is taken over (its release may have been lost).
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] or (ARGV[3] ~= '' and holder == ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
 return 0
 """
 _RENEW = """
@@ -89,8 +93,9 @@ def _key(session_id: str, part: str) -> str:
 
 
 class RedisStore:
-    def __init__(self, url: str, *, transcript_ttl: int) -> None:
+    def __init__(self, url: str, *, transcript_ttl: int, timeout: float = 2.0) -> None:
         self._url = url
+        self.timeout = timeout  # connect and read: a request that needs a hung Redis fails within about this
         self.transcript_ttl = transcript_ttl
         self._redis: Redis | None = None
         parts = urlsplit(url)
@@ -111,8 +116,8 @@ class RedisStore:
         """Create the connection pool and start listening for cancels. Redis need not be up yet."""
         self._redis = Redis.from_url(
             self._url,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=self.timeout,
+            socket_timeout=self.timeout,
             socket_keepalive=True,
             health_check_interval=HEALTH_CHECK_INTERVAL,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1, (RedisConnectionError,)),
@@ -144,8 +149,13 @@ class RedisStore:
         """Redis answers, and this process hears cancels sent by the others."""
         with self._reachable() as redis:
             await redis.ping()
-        if not self._subscribed.is_set():
-            raise StoreUnavailable(f"the session store (Redis at {self._where}) cancel channel is not subscribed yet")
+        try:
+            async with asyncio.timeout(self.timeout):  # just opened, or re-subscribing: a moment
+                await self._subscribed.wait()
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the session store (Redis at {self._where}) cancel channel is not subscribed yet"
+            ) from None
 
     @contextmanager
     def _reachable(self) -> Iterator[Redis]:
@@ -217,17 +227,18 @@ class RedisStore:
     # session would stay locked until the lease expired. So acquire and release run in
     # tracked tasks the caller's cancellation does not interrupt.
 
-    async def acquire_lease(self, session_id: str, owner: str, ttl: float) -> bool:
-        acquire = self._track(self._acquire(session_id, owner, ttl), f"acquire-lease-{owner}")
+    async def acquire_lease(self, session_id: str, owner: str, ttl: float, replaces: str | None = None) -> bool:
+        acquire = self._track(self._acquire(session_id, owner, ttl, replaces), f"acquire-lease-{owner}")
         try:
             return await asyncio.shield(acquire)
         except asyncio.CancelledError:
             self._track(self._give_back(acquire, session_id, owner), f"give-back-lease-{owner}")
             raise
 
-    async def _acquire(self, session_id: str, owner: str, ttl: float) -> bool:
+    async def _acquire(self, session_id: str, owner: str, ttl: float, replaces: str | None) -> bool:
+        args: list[str | int] = [owner, _ms(ttl), replaces or ""]
         with self._reachable():
-            return bool(await self._scripts["acquire"](keys=[_key(session_id, "lease")], args=[owner, _ms(ttl)]))
+            return bool(await self._scripts["acquire"](keys=[_key(session_id, "lease")], args=args))
 
     async def _give_back(self, acquire: asyncio.Task[bool], session_id: str, owner: str) -> None:
         """The caller of ``acquire`` was cancelled: if it got the lease, nobody else will release it."""
@@ -239,16 +250,25 @@ class RedisStore:
         with self._reachable():
             return bool(await self._scripts["renew"](keys=[_key(session_id, "lease")], args=[owner, _ms(ttl)]))
 
-    async def release_lease(self, session_id: str, owner: str) -> None:
-        """Never raises: it runs in a turn's ``finally``, and if Redis is gone the lease expires."""
-        await asyncio.shield(self._track(self._release(session_id, owner), f"release-lease-{owner}"))
+    async def renew_leases(self, leases: list[tuple[str, str]], ttl: float) -> list[bool]:
+        with self._reachable() as redis:
+            async with redis.pipeline(transaction=False) as pipe:
+                for session_id, owner in leases:
+                    await self._scripts["renew"](keys=[_key(session_id, "lease")], args=[owner, _ms(ttl)], client=pipe)
+                return [bool(r) for r in await pipe.execute()]
 
-    async def _release(self, session_id: str, owner: str) -> None:
+    async def release_lease(self, session_id: str, owner: str) -> bool:
+        """Never raises: it runs in a turn's ``finally``, and if Redis is gone the lease expires."""
+        return await asyncio.shield(self._track(self._release(session_id, owner), f"release-lease-{owner}"))
+
+    async def _release(self, session_id: str, owner: str) -> bool:
         try:
             with self._reachable():
                 await self._scripts["release"](keys=[_key(session_id, "lease")], args=[owner])
+            return True
         except StoreUnavailable as e:
             log.warning("lease_not_released", session_id=session_id, turn_id=owner, error=e.msg)
+            return False
 
     def _track(self, operation: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         task = asyncio.create_task(operation, name=name)

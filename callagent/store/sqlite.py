@@ -5,8 +5,15 @@ Writes are queued and committed in batches: every write that arrives while a com
 progress joins the next transaction, so a thousand concurrent turns cost a few commits, not
 a thousand. Callers still await their own write, which is durable once it returns (WAL,
 ``synchronous=NORMAL``: survives a killed process; a power cut may lose the last commits).
-Session variables are cached in memory (write-through), since this process is their only
-writer.
+
+Every operation has a deadline (``timeout``): a stalled disk makes callers fail with
+``StoreUnavailable`` in time instead of hanging them. A write whose caller gave up before
+its batch started is dropped; one already being committed may still land.
+
+Variables are one row per (session, key), so concurrent writes of different keys never
+overwrite each other. They are cached in memory, since this process is their only writer;
+the cache changes only after the write committed, so a refused write is never read back.
+Transcript rows are keyed by (session, turn id): two sessions may use the same turn id.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,15 +41,28 @@ Write = Callable[[sqlite3.Connection], object]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
-    variables  BLOB NOT NULL,
+    variables  BLOB NOT NULL DEFAULT '{}',  -- unused since variables have their own rows
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS variables (
+    session_id TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      BLOB NOT NULL,
+    PRIMARY KEY (session_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS health (
+    id         INTEGER PRIMARY KEY,
+    checked_at REAL NOT NULL
+);
+"""
+_TURNS = """
 CREATE TABLE IF NOT EXISTS turns (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     session_id TEXT NOT NULL,
-    turn_id    TEXT NOT NULL UNIQUE,
+    turn_id    TEXT NOT NULL,
     deleted    INTEGER NOT NULL DEFAULT 0,
-    record     BLOB NOT NULL
+    record     BLOB NOT NULL,
+    UNIQUE (session_id, turn_id)
 );
 CREATE INDEX IF NOT EXISTS turns_by_session ON turns (session_id, seq);
 """
@@ -55,13 +76,22 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
+@dataclass(slots=True)
+class _Write:
+    op: Write
+    done: asyncio.Future[None]
+    committed: Callable[[], None] | None  # runs on the loop once the write is in the database
+
+
 class SQLiteStore(ProcessLocalLeases):
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 2.0) -> None:
         super().__init__()
         self.path = Path(path)
+        self.timeout = timeout
         self._db: sqlite3.Connection | None = None
+        self._inode: int | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="callagent-sqlite")
-        self._writes: asyncio.Queue[tuple[Write, asyncio.Future[None]]] = asyncio.Queue()
+        self._writes: asyncio.Queue[_Write] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._variables: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
@@ -69,6 +99,7 @@ class SQLiteStore(ProcessLocalLeases):
 
     async def open(self) -> None:
         self._db = await self._run(self._connect)
+        self._inode = self.path.stat().st_ino
         self._writer = asyncio.create_task(self._write_batches(), name="sqlite-writer")
 
     def _connect(self) -> sqlite3.Connection:
@@ -78,11 +109,17 @@ class SQLiteStore(ProcessLocalLeases):
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
+        _migrate(db)
+        db.executescript(_TURNS)
         return db
 
     async def close(self) -> None:
         if self._writer:
-            await self._writes.join()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._writes.join()
+            except TimeoutError:
+                pass  # a stalled disk: what is still queued is lost, as it would be in a crash
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
@@ -92,7 +129,15 @@ class SQLiteStore(ProcessLocalLeases):
         self._thread.shutdown(wait=True)
 
     async def ping(self) -> None:
-        await self._read(lambda db: db.execute("SELECT 1").fetchone())
+        """The database is still the file at ``path`` and takes a write."""
+        try:
+            same_file = self.path.stat().st_ino == self._inode
+        except OSError:
+            same_file = False
+        if not same_file:
+            raise StoreUnavailable(f"the session store file {self.path.name} was removed or replaced")
+        now = time.time()
+        await self._write(lambda db: db.execute("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)", (now,)))
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -104,41 +149,58 @@ class SQLiteStore(ProcessLocalLeases):
         if db is None:
             raise StoreUnavailable("the session store is closed")
         try:
-            return await self._run(lambda: fn(db))
+            async with asyncio.timeout(self.timeout):
+                return await self._run(lambda: fn(db))
+        except TimeoutError:
+            raise self._stalled() from None
         except sqlite3.Error as e:
-            raise StoreUnavailable(f"session store: {e}") from e
+            raise StoreUnavailable(f"session store: {e}") from None
 
-    async def _write(self, op: Write) -> None:
+    async def _write(self, op: Write, committed: Callable[[], None] | None = None) -> None:
         if self._db is None:
             raise StoreUnavailable("the session store is closed")
         done = asyncio.get_running_loop().create_future()
-        self._writes.put_nowait((op, done))
-        await done
+        self._writes.put_nowait(_Write(op, done, committed))
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.shield(done)
+        except TimeoutError:
+            done.cancel()  # not started yet: it never will be
+            raise self._stalled() from None
+
+    def _stalled(self) -> StoreUnavailable:
+        return StoreUnavailable(f"the session store did not answer within {self.timeout:g}s")
 
     async def _write_batches(self) -> None:
         while True:
-            batch = [await self._writes.get()]
-            while len(batch) < _BATCH and not self._writes.empty():
-                batch.append(self._writes.get_nowait())
+            taken = [await self._writes.get()]
+            while len(taken) < _BATCH and not self._writes.empty():
+                taken.append(self._writes.get_nowait())
+            batch = [w for w in taken if not w.done.done()]  # not those whose caller gave up
+            errors: list[Exception | None] = []
             try:
-                errors = await self._run(functools.partial(self._commit, batch))
+                if batch:
+                    errors = await self._run(functools.partial(self._commit, [w.op for w in batch]))
             except Exception as e:  # the whole transaction failed
                 errors = [e] * len(batch)
-            for (_, done), error in zip(batch, errors, strict=True):
-                if not done.done():
+            for write, error in zip(batch, errors, strict=True):
+                if error is None and write.committed is not None:
+                    write.committed()
+                if not write.done.done():
                     if error is None:
-                        done.set_result(None)
+                        write.done.set_result(None)
                     else:
-                        done.set_exception(StoreUnavailable(f"session store: {error}"))
+                        write.done.set_exception(StoreUnavailable(f"session store: {error}"))
+            for _ in taken:
                 self._writes.task_done()
 
-    def _commit(self, batch: list[tuple[Write, asyncio.Future[None]]]) -> list[Exception | None]:
+    def _commit(self, ops: list[Write]) -> list[Exception | None]:
         assert self._db is not None
         db = self._db
         errors: list[Exception | None] = []
         db.execute("BEGIN")
         try:
-            for op, _ in batch:
+            for op in ops:
                 db.execute("SAVEPOINT op")
                 try:
                     op(db)
@@ -162,12 +224,18 @@ class SQLiteStore(ProcessLocalLeases):
         if cached is not None:
             self._variables.move_to_end(session_id)
             return cached
-        row = await self._read(
-            lambda db: db.execute("SELECT variables FROM sessions WHERE session_id=?", (session_id,)).fetchone()
-        )
-        if row is None:
+
+        def load(db: sqlite3.Connection) -> list[tuple[str, bytes]] | None:
+            if db.execute("SELECT 1 FROM sessions WHERE session_id=?", (session_id,)).fetchone() is None:
+                return None
+            return db.execute("SELECT key, value FROM variables WHERE session_id=?", (session_id,)).fetchall()
+
+        rows = await self._read(load)
+        if rows is None:
             return None
-        loaded: dict[str, Any] = orjson.loads(row[0])
+        # Reads and commits run in order on one thread, and their results reach the loop in that
+        # order: a write committed after this read updates the cache after it is filled here.
+        loaded = {key: orjson.loads(value) for key, value in rows}
         self._remember(session_id, loaded)
         return loaded
 
@@ -184,54 +252,60 @@ class SQLiteStore(ProcessLocalLeases):
         return dict(await self._cached_variables(session_id) or ())
 
     async def set_variables(self, session_id: str, values: Mapping[str, Any]) -> None:
-        merged = dict(await self._cached_variables(session_id) or ())
-        merged.update(values)
-        await self._store_variables(session_id, merged)
+        values = dict(values)
+        rows = [(session_id, key, orjson.dumps(value)) for key, value in values.items()]
+        now = time.time()
+
+        def write(db: sqlite3.Connection) -> None:
+            _touch_session(db, session_id, now)
+            db.executemany(
+                "INSERT INTO variables (session_id, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (session_id, key) DO UPDATE SET value=excluded.value",
+                rows,
+            )
+
+        def committed() -> None:
+            cached = self._variables.get(session_id)
+            if cached is not None:
+                cached.update(values)
+
+        await self._write(write, committed)
 
     async def delete_variables(self, session_id: str, keys: list[str]) -> None:
-        variables = dict(await self._cached_variables(session_id) or ())
-        for key in keys:
-            variables.pop(key, None)
-        await self._store_variables(session_id, variables)
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM variables WHERE session_id=? AND key=?", [(session_id, k) for k in keys])
 
-    async def _store_variables(self, session_id: str, merged: dict[str, Any]) -> None:
-        self._remember(session_id, merged)
-        blob = orjson.dumps(merged)
-        await self._write(
-            lambda db: db.execute(
-                "INSERT INTO sessions (session_id, variables, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (session_id) DO UPDATE SET variables=excluded.variables, updated_at=excluded.updated_at",
-                (session_id, blob, time.time()),
-            )
-        )
+        def committed() -> None:
+            cached = self._variables.get(session_id)
+            for key in keys if cached is not None else ():
+                cached.pop(key, None)  # type: ignore[union-attr]
+
+        if keys:
+            await self._write(write, committed)
 
     async def delete_session(self, session_id: str) -> None:
         self._variables.pop(session_id, None)
 
         def delete(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM sessions WHERE session_id=?", (session_id,))
-            db.execute("DELETE FROM turns WHERE session_id=?", (session_id,))
+            for table in ("sessions", "variables", "turns"):
+                db.execute(f"DELETE FROM {table} WHERE session_id=?", (session_id,))
 
-        await self._write(delete)
+        def committed() -> None:
+            self._variables.pop(session_id, None)  # a read may have cached it meanwhile
+
+        await self._write(delete, committed)
 
     # -- transcript ------------------------------------------------------------------------
 
     async def save_turn(self, record: TurnRecord) -> None:
-        blob = record.to_json()
-        row = (record.session_id, record.turn_id, int(record.deleted), blob)
-        session_known = await self._cached_variables(record.session_id) is not None
-        if not session_known:
-            self._remember(record.session_id, {})
+        row = (record.session_id, record.turn_id, int(record.deleted), record.to_json())
+        now = time.time()
 
         def save(db: sqlite3.Connection) -> None:
-            if not session_known:
-                db.execute(
-                    "INSERT OR IGNORE INTO sessions (session_id, variables, updated_at) VALUES (?, '{}', ?)",
-                    (record.session_id, time.time()),
-                )
+            _touch_session(db, record.session_id, now)
             db.execute(
                 "INSERT INTO turns (session_id, turn_id, deleted, record) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (turn_id) DO UPDATE SET deleted=excluded.deleted, record=excluded.record",
+                "ON CONFLICT (session_id, turn_id) DO UPDATE SET deleted=excluded.deleted, record=excluded.record",
                 row,
             )
 
@@ -250,3 +324,38 @@ class SQLiteStore(ProcessLocalLeases):
             ).fetchone()
         )
         return TurnRecord.from_dict(orjson.loads(row[0])) if row else None
+
+
+def _touch_session(db: sqlite3.Connection, session_id: str, now: float) -> None:
+    db.execute(
+        "INSERT INTO sessions (session_id, variables, updated_at) VALUES (?, '{}', ?) "
+        "ON CONFLICT (session_id) DO UPDATE SET updated_at=excluded.updated_at",
+        (session_id, now),
+    )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a database written by an earlier version to this layout, in one transaction:
+    whole-session variable blobs become rows; turn ids become unique per session only."""
+    db.execute("BEGIN")
+    try:
+        for session_id, blob in db.execute("SELECT session_id, variables FROM sessions WHERE variables != '{}'"):
+            rows = [(session_id, k, orjson.dumps(v)) for k, v in orjson.loads(blob).items()]
+            db.executemany("INSERT OR IGNORE INTO variables (session_id, key, value) VALUES (?, ?, ?)", rows)
+        db.execute("UPDATE sessions SET variables='{}' WHERE variables != '{}'")
+        old = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='turns'").fetchone()
+        if old is not None and "UNIQUE (session_id, turn_id)" not in old[0]:
+            db.execute("ALTER TABLE turns RENAME TO turns_before_migration")
+            db.execute("DROP INDEX IF EXISTS turns_by_session")
+            for statement in _TURNS.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "INSERT INTO turns (seq, session_id, turn_id, deleted, record) "
+                "SELECT seq, session_id, turn_id, deleted, record FROM turns_before_migration"
+            )
+            db.execute("DROP TABLE turns_before_migration")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise

@@ -7,8 +7,9 @@ What goes wrong on the network is mapped here to ``UpstreamUnavailable`` or
 ``UpstreamProtocol``; what the upstream *says* (its statuses and error bodies) stays in each
 client's own error mapping, the one edge where that upstream's failures become typed errors.
 
-A message names the exception's type or the OS reason, never the exception itself: an aiohttp
-error's text may carry the request, and the request carries the API key.
+A message names the exception's type or the OS reason, never the exception itself, and the
+exception is not chained (``from None``): an aiohttp error's text may carry the request, and
+the request carries the API key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..errors import UpstreamProtocol, UpstreamUnavailable
+from ..errors import UpstreamProtocol, UpstreamTimeout, UpstreamUnavailable
 from ..sse import SSEError, SSEEvent, read_events
 
 SMALL_BODY = 64 * 1024
@@ -52,13 +53,13 @@ async def post_stream(
         except aiohttp.ClientConnectorError as e:
             # Nothing reached the server: safe to try once more.
             if attempt == 2:
-                raise UpstreamUnavailable(f"cannot connect to {peer.name}: {_reason(e)}") from e
+                raise UpstreamUnavailable(f"cannot connect to {peer.name}: {_reason(e)}") from None
             peer.log.warning(f"{peer.key}_connect_retry", error=_reason(e))
-        except TimeoutError as e:
+        except TimeoutError:
             if attempt == 2:
-                raise UpstreamUnavailable(f"connecting to {peer.name} timed out") from e
+                raise UpstreamUnavailable(f"connecting to {peer.name} timed out") from None
         except aiohttp.ClientError as e:
-            raise UpstreamProtocol(f"{peer.name} request failed: {type(e).__name__}") from e
+            raise UpstreamProtocol(f"{peer.name} request failed: {type(e).__name__}") from None
     raise AssertionError("unreachable")
 
 
@@ -74,17 +75,20 @@ async def request_small(
     params: Mapping[str, str] | None = None,
     data: bytes | None = None,
 ) -> tuple[int, bytes]:
-    """One call with its deadline: the status and the body, read up to ``SMALL_BODY``.
-    ``failed`` completes "<peer> ...: <error type>" when no answer came."""
+    """One call, whole within ``client_timeout``: the status and the body, read up to
+    ``SMALL_BODY``. ``failed`` completes "<peer> ...: <error type>" when no answer came.
+    Redirects are not followed: a redirect loop must not resend the key around."""
     try:
         async with http.request(
-            method, url, params=params, data=data, headers=headers, timeout=client_timeout
+            method, url, params=params, data=data, headers=headers, timeout=client_timeout, allow_redirects=False
         ) as response:
             return response.status, await read_small(response)
     except aiohttp.ClientConnectorError as e:
-        raise UpstreamUnavailable(f"cannot connect to {peer.name}: {_reason(e)}") from e
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise UpstreamUnavailable(f"{peer.name} {failed}: {type(e).__name__}") from e
+        raise UpstreamUnavailable(f"cannot connect to {peer.name}: {_reason(e)}") from None
+    except TimeoutError:
+        raise UpstreamTimeout(f"{peer.name} {failed}: no answer within {client_timeout.total:g}s") from None
+    except aiohttp.ClientError as e:
+        raise UpstreamUnavailable(f"{peer.name} {failed}: {type(e).__name__}") from None
 
 
 async def read_small(response: aiohttp.ClientResponse, limit: int = SMALL_BODY) -> bytes:

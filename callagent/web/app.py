@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -38,7 +39,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
         # A Twilio signature, when checked, authenticates the Twilio routes instead of a key.
         signed = twilio.PATHS if settings.twilio_auth_token else frozenset()
         middlewares.append(api_key_auth(tuple(k.value for k in settings.api_keys), open_paths=signed))
-    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=middlewares, client_max_size=settings.max_body_bytes, handler_args=server_options(settings)
+    )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[STAGES] = StageTable.load(settings.stages_file or None)
@@ -60,6 +63,20 @@ def create_app(settings: Settings | None = None) -> web.Application:
     return app
 
 
+LINGER = 1.0
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """How the HTTP server reads requests (the app's ``handler_args``, so every runner uses them).
+
+    aiohttp's keep-alive timer also runs while a request's headers are arriving, so it is the
+    bound on header read time: a client trickling headers is closed after it, like an idle one.
+    After an error answer to an unfinished body, the rest is read ("lingering") only briefly.
+    Bodies are read as sent and decoded by ``validation.json_body``.
+    """
+    return {"keepalive_timeout": settings.request_read_timeout, "lingering_time": LINGER, "auto_decompress": False}
+
+
 def local_agent(settings: Settings) -> Upstream:
     from ..upstream.local import LocalAgent
 
@@ -71,7 +88,7 @@ def local_agent(settings: Settings) -> Upstream:
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = create_store(settings.store, transcript_ttl=settings.transcript_ttl)
+    store = create_store(settings.store, transcript_ttl=settings.transcript_ttl, timeout=settings.store_timeout)
     await store.open()
     app[STORE] = store
     yield
@@ -95,6 +112,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                 app_id=settings.fastgpt_app_id,
                 paths=settings.fastgpt_paths,
                 connect_timeout=settings.connect_timeout,
+                request_timeout=settings.upstream_request_timeout,
             )
             yield
         elif settings.upstream == "dify":
@@ -106,7 +124,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                 api_key=settings.dify_api_key.value,
                 silence_text=settings.silence_text,
                 connect_timeout=settings.connect_timeout,
-                request_timeout=settings.first_token_timeout,
+                request_timeout=settings.upstream_request_timeout,
             )
             app[UPSTREAM] = dify
             yield
@@ -131,12 +149,13 @@ def openai_compat_upstream(settings: Settings, session: aiohttp.ClientSession) -
         silence_text=settings.silence_text,
         drop_interrupted=settings.interrupt_records == "delete",
         connect_timeout=settings.connect_timeout,
-        request_timeout=settings.first_token_timeout,
+        request_timeout=settings.upstream_request_timeout,
     )
 
 
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = TurnEngine(app[SETTINGS], app[STORE], app[UPSTREAM], app[STAGES], app[METRICS])
+    engine.open()
     app[ENGINE] = engine
     app[COMMANDS] = SessionCommands(engine, app[STORE], app[UPSTREAM], app[SETTINGS])
     yield

@@ -67,7 +67,7 @@ class RelaySocket:
         self.commands = app[COMMANDS]
         self.end_rule = twilio.EndRule(settings)
         self.segment = v.segment_options(settings.twilio_segment)
-        self.outbox = Outbox(request, ws, settings.ws_send_queue)
+        self.outbox = Outbox(request, ws, settings.ws_send_queue, settings.ws_send_timeout)
         self.session_id: str | None = None
         self.turn: Turn | None = None  # the turn whose reply this socket speaks
         self.partial_text: str | None = None  # the partial prompt self.turn answers, if it does
@@ -92,13 +92,14 @@ class RelaySocket:
                     await self.handle(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     log.warning("relay_frame_skipped", session_id=self.session_id, reason="binary frame")
+                await self.outbox.room()
         finally:
-            pumps = list(self.pumps.values())
-            for task in pumps:
+            # All cancelled before anything is awaited: this task may itself be cancelled again
+            # (the platform hung up) while it waits, and nothing of the socket may outlive it.
+            tasks = [*self.pumps.values(), writer]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def handle(self, raw: str) -> None:
         kind: Any = None
@@ -202,6 +203,7 @@ class RelaySocket:
                 if isinstance(event, TextDelta):
                     if event.text:
                         self.send(self.text_frame(event.text, last=False))
+                        await self.outbox.room()
                 elif isinstance(event, StageCode):
                     stage = Stage(event.code, event.name)
                 elif isinstance(event, Error):

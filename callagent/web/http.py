@@ -7,6 +7,7 @@ session operation or an operational endpoint.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import structlog
@@ -14,7 +15,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from ..events import FoldedReply, dumps, sse_frame
-from ..turns import TurnRequest
+from ..turns import Turn, TurnRequest
 from . import validation as v
 from .keys import COMMANDS, METRICS, SETTINGS, STORE, UPSTREAM
 
@@ -29,10 +30,14 @@ def ok(data: dict[str, Any], **extra: Any) -> web.Response:
 
 
 async def request_data(request: web.Request) -> dict[str, Any]:
-    """The JSON body; for GET (and a DELETE without a body) the query string."""
+    """The JSON body; for GET (and a DELETE without a body) the query string. The fields every
+    reply echoes are checked here, before the handler acts: nothing fails after a side effect."""
     if request.method == "GET" or (not request.body_exists and request.query):
-        return dict(request.query)
-    return await v.json_body(request)
+        data = dict(request.query)
+    else:
+        data = await v.json_body(request, request.app[SETTINGS].request_read_timeout)
+    v.time_stamp(data)
+    return data
 
 
 async def known_session(request: web.Request, data: dict[str, Any]) -> str:
@@ -44,7 +49,7 @@ async def known_session(request: web.Request, data: dict[str, Any]) -> str:
 
 @routes.post("/chat")
 async def chat(request: web.Request) -> web.StreamResponse:
-    data = await v.json_body(request)
+    data = await request_data(request)
     settings = request.app[SETTINGS]
     stream = request.query.get("stream", "").lower() in ("1", "true", "yes") or v.flag(data, "stream")
     turn_request = TurnRequest(
@@ -75,6 +80,8 @@ async def _chat_json(request: web.Request, data: dict[str, Any], turn_request: T
     if reply.done is not None:
         extra["status"] = reply.done.status
         extra["latency"] = reply.done.latency
+        if not reply.done.saved:
+            extra["transcriptSaved"] = False
     if reply.error is not None:
         extra["status"] = "failed"
         extra["error"] = reply.error.fields()
@@ -92,12 +99,15 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
             sep="\n",
             allow_all_methods=True,
             ping_interval=app[SETTINGS].sse_ping_interval,
-            # Also asks the kernel to drop the connection when sent bytes stay unacknowledged
-            # this long: a half-open gateway is noticed even when nothing blocks here.
-            send_timeout=send_timeout,
+            # The slow-consumer judgement is ours alone (below), so it is always logged: the
+            # ping must not drop the connection on its own.
+            send_timeout=None,
         ) as sse,
     ):
         metrics.open_streams.inc()
+        drop_half_open(request, send_timeout)
+        consumer = SlowConsumer(request, turn, send_timeout)
+        watch = asyncio.create_task(consumer.watch(), name=f"sse-watch-{turn.id}")
         try:
             seq = 0
             async for event in turn.events():
@@ -107,19 +117,64 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
         except (ConnectionResetError, RuntimeError):
             pass  # the gateway went away; leaving the block cancels the turn
         except TimeoutError:
-            log.warning(
-                "sse_slow_consumer", session_id=turn.session_id, turn_id=turn.id, reason="gateway is not reading"
-            )
-            if request.transport is not None:
-                request.transport.abort()
+            consumer.drop()
         finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             metrics.open_streams.dec()
     return sse
 
 
+class SlowConsumer:
+    """An SSE gateway judged by time: one that leaves what it is sent unread for ``send_timeout``
+    seconds (a write waits that long, or bytes wait that long in the connection's buffer while
+    the turn is quiet) is dropped, with one ``sse_slow_consumer`` warning."""
+
+    def __init__(self, request: web.Request, turn: Turn, send_timeout: float) -> None:
+        self.request = request
+        self.turn = turn
+        self.send_timeout = send_timeout
+        self.dropped = False
+
+    def drop(self) -> None:
+        if self.dropped:
+            return
+        self.dropped = True
+        log.warning(
+            "sse_slow_consumer", session_id=self.turn.session_id, turn_id=self.turn.id, reason="gateway is not reading"
+        )
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
+    async def watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        unread_since: float | None = None
+        while not self.dropped:
+            await asyncio.sleep(self.send_timeout / 4)  # a periodic look, not a wait for something
+            transport = self.request.transport
+            if transport is None or transport.is_closing():
+                return
+            if transport.get_write_buffer_size() == 0:  # the kernel took everything: it is read
+                unread_since = None
+            elif unread_since is None:
+                unread_since = loop.time()
+            elif loop.time() - unread_since >= self.send_timeout:
+                self.drop()
+
+
+def drop_half_open(request: web.Request, send_timeout: float) -> None:
+    """Ask the kernel to drop the connection when sent bytes stay unacknowledged a little longer
+    than ``send_timeout`` (Linux): a half-open gateway is noticed even when nothing is being
+    written. A gateway that merely stops reading is caught by the write timeout first, and logged."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is not None and option is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, option, int((send_timeout + 1) * 1000))
+
+
 @routes.post("/cancel")
 async def cancel(request: web.Request) -> web.Response:
-    data = await v.json_body(request)
+    data = await request_data(request)
     session_id = await known_session(request, data)
     spoken = v.optional_str(data, "spokenText", request.app[SETTINGS].max_text_chars)
     interruption = await request.app[COMMANDS].interrupt(session_id, spoken)
@@ -131,7 +186,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 @routes.post("/set_info")
 async def set_info(request: web.Request) -> web.Response:
-    data = await v.json_body(request)
+    data = await request_data(request)
     session_id = v.session_id(data)
     await request.app[COMMANDS].set_variables(session_id, {v.variable_key(data): v.variable_value(data)})
     return ok(data)
@@ -151,7 +206,7 @@ async def get_info(request: web.Request) -> web.Response:
 
 @routes.post("/delete_last_turn")
 async def delete_last_turn(request: web.Request) -> web.Response:
-    data = await v.json_body(request)
+    data = await request_data(request)
     session_id = await known_session(request, data)
     deleted = await request.app[COMMANDS].delete_last_turn(session_id)
     return ok(data, turnId=deleted)
@@ -162,8 +217,10 @@ async def delete_last_turn(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     data = await request_data(request)
     session_id = await known_session(request, data)
-    await request.app[COMMANDS].delete_session(session_id)
-    return ok(data)
+    upstream_error = await request.app[COMMANDS].delete_session(session_id)
+    if upstream_error is None:
+        return ok(data, upstreamDeleted=True)
+    return ok(data, upstreamDeleted=False, upstreamError=upstream_error.body())
 
 
 # -- operations -----------------------------------------------------------------------------

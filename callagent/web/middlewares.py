@@ -9,6 +9,7 @@ path keeps callagent's own format and the ``Bearer`` scheme.
 from __future__ import annotations
 
 import hmac
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from ..console.access import OPERATOR, ConsoleAccess
-from ..errors import CallagentError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
+from ..errors import CallagentError, MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, Unauthorized
 from ..events import dumps
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,11 +58,15 @@ def _error_response(request: web.Request, error: CallagentError) -> web.Response
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
+_REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,64}")
+"""A gateway's request id is used as it is only when it is printable ASCII (header values are
+untrusted bytes: anything else would break every log line of the request)."""
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+    given = request.headers.get("X-Request-Id", "")[:64]
+    request_id = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex[:16]
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -81,7 +86,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except CallagentError as e:
         if e.status >= 500:
             log.warning("request_failed", path=request.path, status=e.status, type=e.type, msg=e.msg)
-        return _error_response(request, e)
+        response = _error_response(request, e)
+        if isinstance(e, RequestTimeout):
+            response.force_close()  # the rest of a stalled body must not be read as a request
+        return response
     except web.HTTPRequestEntityTooLarge:
         return _error_response(request, PayloadTooLarge(f"request body larger than {request.client_max_size} bytes"))
     except web.HTTPNotFound:
@@ -111,7 +119,8 @@ def api_key_auth(keys: tuple[str, ...], open_paths: frozenset[str] = frozenset()
     unchecked = OPEN_PATHS | open_paths
 
     def allowed(candidate: str) -> bool:
-        given = candidate.encode()
+        # aiohttp decodes header bytes that are not UTF-8 as lone surrogates: keep them as bytes.
+        given = candidate.encode("utf-8", "surrogateescape")
         # Compare against every key, without stopping early, in constant time per key.
         return any([hmac.compare_digest(given, k) for k in encoded])
 

@@ -104,7 +104,9 @@ async def models(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    data = await v.json_body(request.clone(client_max_size=settings.openai_route_max_body_bytes))
+    data = await v.json_body(
+        request.clone(client_max_size=settings.openai_route_max_body_bytes), settings.request_read_timeout
+    )
     chat = parse(request, data, settings.max_text_chars)
     structlog.contextvars.bind_contextvars(session_id=chat.session_id)
     if chat.session_source == "derived":

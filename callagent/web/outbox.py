@@ -1,48 +1,100 @@
-"""A WebSocket's one writer: a bounded outbox drained by a single task.
+"""A WebSocket's one writer: an outbox drained by a single task.
 
 Every socket protocol callagent serves (``/ws``, ``/conversation-relay``) sends through one of
 these, so frames leave in the order they were queued and nothing but the writer task ever
-writes to the socket. A peer that stops reading fills the outbox; instead of growing our
-memory it is disconnected, with a logged reason.
+writes to the socket.
+
+Whoever fills the outbox (a handler answering a burst of requests read in one go, a pump
+relaying a reply that arrived in many chunks at once) calls ``room()`` between steps: at
+``size`` queued frames it waits until the writer has drained half of them, so memory stays
+bounded while a peer that reads normally loses nothing. A peer is judged slow by time, not by
+a burst: when a frame has waited ``send_timeout`` seconds to be written, the peer is
+disconnected, with one ``ws_slow_consumer`` warning.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
 
-log = structlog.get_logger("callagent.ws")
+log = structlog.get_logger(component="callagent.ws")
 
 
 class Outbox:
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse, size: int) -> None:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, size: int, send_timeout: float) -> None:
         self.request = request
         self.ws = ws
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(size)
+        self.size = size
+        self.send_timeout = send_timeout
+        self.dropped = False
+        self._loop = asyncio.get_running_loop()
+        self._frames: deque[tuple[float, dict[str, Any]]] = deque()  # (queued at, frame)
+        self._has_mail = asyncio.Event()
+        self._has_room = asyncio.Event()
 
-    def put(self, msg: dict[str, Any]) -> None:
-        """Queue one frame; a full outbox means the peer is not reading: drop the connection."""
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def put(self, frame: dict[str, Any]) -> None:
+        """Queue one frame; a peer that left the oldest frame unwritten too long is dropped."""
+        if self.dropped:
+            return
+        now = self._loop.time()
+        if self._frames and now - self._frames[0][0] > self.send_timeout:
+            self.drop()
+            return
+        self._frames.append((now, frame))
+        self._has_mail.set()
+
+    async def room(self) -> None:
+        """Wait while the outbox is full, until the writer drained half of it (bounded by the
+        send timeout: a peer that does not read in that time is dropped)."""
+        if len(self._frames) < self.size or self.dropped:
+            return
+        self._has_room.clear()
         try:
-            self._queue.put_nowait(msg)
-        except asyncio.QueueFull:
-            if not self.ws.closed:
-                log.warning(
-                    "ws_slow_consumer", path=self.request.path, queued=self._queue.qsize(), reason="peer is not reading"
-                )
-                if self.request.transport is not None:
-                    self.request.transport.abort()
+            async with asyncio.timeout(self.send_timeout):
+                await self._has_room.wait()
+        except TimeoutError:
+            self.drop()
+
+    def drop(self) -> None:
+        """Disconnect a peer that does not read what it is sent: once, with one warning."""
+        if self.dropped:
+            return
+        self.dropped = True
+        if not self.ws.closed:
+            log.warning(
+                "ws_slow_consumer", path=self.request.path, queued=len(self._frames), reason="peer is not reading"
+            )
+        self._frames.clear()
+        self._has_room.set()
+        if self.request.transport is not None:
+            self.request.transport.abort()
 
     async def run(self) -> None:
         """The writer task: send each queued frame as JSON text, until cancelled."""
+        low_water = self.size // 2
         while True:
-            msg = await self._queue.get()
-            if self.ws.closed:
-                continue
-            try:
-                await self.ws.send_str(orjson.dumps(msg).decode())
-            except ConnectionResetError:
-                return
+            while not self._frames:
+                self._has_mail.clear()
+                await self._has_mail.wait()
+            _, frame = self._frames[0]  # stays queued while it is written: its age judges the peer
+            if not self.ws.closed:
+                try:
+                    async with asyncio.timeout(self.send_timeout):
+                        await self.ws.send_str(orjson.dumps(frame).decode())
+                except TimeoutError:
+                    self.drop()
+                    return
+                except ConnectionResetError:
+                    return
+            if self._frames:
+                self._frames.popleft()
+            if len(self._frames) <= low_water:
+                self._has_room.set()

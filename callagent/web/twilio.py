@@ -35,6 +35,7 @@ Twilio saw. A refused request gets 403 and a log line without the token or the s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -45,7 +46,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
-from ..errors import Forbidden, InvalidRequest
+from ..errors import Forbidden, InvalidRequest, RequestTimeout
 from ..settings import Settings
 from ..stages import Stage
 from .keys import SETTINGS, STAGES
@@ -145,8 +146,12 @@ async def verified_form(request: web.Request) -> dict[str, str]:
     """The webhook's form fields, once its signature checks out."""
     if request.body_exists and request.content_type != FORM:
         raise InvalidRequest(f"the body must be {FORM} (Twilio's webhook format)")
+    read_timeout = request.app[SETTINGS].request_read_timeout
     try:
-        form = await request.post()
+        async with asyncio.timeout(read_timeout):
+            form = await request.post()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {read_timeout:g}s") from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("the form body could not be decoded") from None
     verify_signature(request, form)  # type: ignore[arg-type]  # a urlencoded form holds only strings

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +12,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from ..errors import InvalidRequest, MalformedJSON, PayloadTooLarge
+from ..errors import InvalidRequest, MalformedJSON, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
 from ..segment import SegmentOptions
 
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -20,14 +22,50 @@ MAX_VALUE_BYTES = 16 * 1024
 _SCALARS = (str, int, float, bool, type(None))
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""The body encodings accepted besides none (``identity``), as zlib window bits. The server
+reads bodies as sent (``auto_decompress`` off), so an unknown encoding is this module's clear
+415, not a parser error from the depths of the HTTP library."""
+
+
+async def json_body(request: web.Request, read_timeout: float) -> dict[str, Any]:
+    """The request's JSON object, read within ``read_timeout`` seconds (a stalled client
+    must not hold a connection and a descriptor for long), decoded if it was compressed."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity", *_WBITS):
+        raise UnsupportedEncoding("Content-Encoding: only gzip and deflate are accepted")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(read_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {read_timeout:g}s") from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body larger than {request.client_max_size} bytes") from None
     except RequestPayloadError:
-        raise MalformedJSON("request body could not be decoded (Content-Encoding)") from None
+        raise MalformedJSON("request body could not be read") from None
+    if encoding in _WBITS:
+        raw = _decompress(raw, encoding, request.client_max_size)
     return parse_object(raw)
+
+
+def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
+    """A compressed body, decoded up to ``limit`` bytes (a small body must not inflate to gigabytes)."""
+    decoder = zlib.decompressobj(_WBITS[encoding])
+    try:
+        try:
+            body = decoder.decompress(raw, limit + 1)
+        except zlib.error:
+            if encoding != "deflate":
+                raise
+            decoder = zlib.decompressobj(-zlib.MAX_WBITS)  # deflate sent without its zlib header
+            body = decoder.decompress(raw, limit + 1)
+    except zlib.error:
+        raise MalformedJSON(f"request body could not be decoded ({encoding})") from None
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes once decoded")
+    if not decoder.eof:
+        raise MalformedJSON(f"request body could not be decoded ({encoding}): it is cut short")
+    return body
 
 
 def parse_object(raw: bytes | str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """``GET /ws``: the telephony gateway's socket. One call per socket, or many multiplexed.
 
-Only the handler task reads the socket. Everything sent goes through one bounded outbox
-drained by one writer task (``outbox.Outbox``); a gateway that stops reading fills the outbox
-and is disconnected (logged) instead of growing our memory. Each turn started on the socket gets a
+Only the handler task reads the socket. Everything sent goes through one outbox drained by
+one writer task (``outbox.Outbox``): the handler and the pumps make ``room()`` between steps,
+so memory stays bounded while a gateway that reads normally loses nothing, and a gateway that
+leaves a message unwritten for ``ws_send_timeout`` is disconnected. Each turn started on the socket gets a
 small pump task that turns its events into messages; the socket owns those tasks and
 cancels them, and their turns, when it closes.
 """
@@ -49,9 +50,10 @@ class GatewaySocket:
         self.commands = app[COMMANDS]
         self.session_id: str | None = None
         self.segments: dict[str, Any] = {}
-        self.outbox = Outbox(request, ws, self.settings.ws_send_queue)
+        self.outbox = Outbox(request, ws, self.settings.ws_send_queue, self.settings.ws_send_timeout)
         self.seq = 0
-        self.pumps: dict[str, asyncio.Task[None]] = {}  # turn id -> pump
+        # (session id, turn id) -> pump: turn ids are unique per session, not per socket.
+        self.pumps: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "start": self.on_start,
             "chat": self.on_chat,
@@ -72,13 +74,14 @@ class GatewaySocket:
                     await self.handle(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     self.send_error(InvalidRequest("binary frames are not accepted: send JSON text frames"))
+                await self.outbox.room()
         finally:
-            pumps = list(self.pumps.values())
-            for task in pumps:
+            # All cancelled before anything is awaited: this task may itself be cancelled again
+            # (the gateway hung up) while it waits, and nothing of the socket may outlive it.
+            tasks = [*self.pumps.values(), writer]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def handle(self, raw: str) -> None:
         kind = None
@@ -122,29 +125,31 @@ class GatewaySocket:
         session_id = self.session_of(msg)
         text = v.required_str(msg, "text", self.settings.max_text_chars)
         turn_id = v.turn_id(msg)
-        if turn_id is not None and turn_id in self.pumps:
+        if turn_id is not None and (session_id, turn_id) in self.pumps:
             raise InvalidRequest(f"turnId: {turn_id} is already running")
         turn = self.commands.start_turn(
             TurnRequest(session_id, text, transport="ws", turn_id=turn_id, segment=self.segments.get(session_id))
         )
-        self.pumps[turn.id] = asyncio.create_task(self.pump(turn), name=f"ws-pump-{turn.id}")
+        self.pumps[session_id, turn.id] = asyncio.create_task(self.pump(turn), name=f"ws-pump-{turn.id}")
 
     async def pump(self, turn: Turn) -> None:
         try:
             async for event in turn.events():
                 self.send(ws_message(event, turn.id, 0))
+                await self.outbox.room()
         finally:
             if not turn.ended:  # the socket closed mid-turn
                 turn.cancel()
                 await asyncio.shield(turn.wait())
-            self.pumps.pop(turn.id, None)
+            self.pumps.pop((turn.session_id, turn.id), None)
 
     async def on_interrupt(self, msg: dict[str, Any]) -> None:
         session_id = self.session_of(msg)
         turn_id = v.optional_str(msg, "turnId", 128)
         spoken = v.optional_str(msg, "spokenText", self.settings.max_text_chars)
         interruption = await self.commands.interrupt(session_id, spoken, turn_id)
-        pump = self.pumps.get(interruption.turn.id) if interruption.turn is not None else None
+        turn = interruption.turn
+        pump = self.pumps.get((turn.session_id, turn.id)) if turn is not None else None
         if pump is not None:
             await asyncio.shield(pump)  # the turn's `done` is on its way out before the ack
         self.send(

@@ -91,6 +91,7 @@ class FastGPTClient:
         app_id: str,
         paths: str = "auto",
         connect_timeout: float = 3.0,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
@@ -100,7 +101,8 @@ class FastGPTClient:
         self._stop_api: bool | None = None  # None: not tried yet
         # No total deadline on a turn: the engine owns first-token, idle and turn deadlines.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
-        self._request_timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, sock_connect=connect_timeout)
+        # Every other call (readiness, records, stop) is whole within this, so none can hang a caller.
+        self._request_timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
         # Record ids this process knows about: runs cut before FastGPT saved them, and turns
         # that created no record (answers to an interactive node, questions callagent asked).
         self._unsaved = _Recent()

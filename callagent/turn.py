@@ -1,0 +1,148 @@
+"""A turn as its consumers see it: the request, its events, and the handle to stop it.
+
+``TurnEngine`` (``turns``) runs each ``Turn`` in its own task; transports read
+``Turn.events()`` and stop a turn with ``cancel`` (a barge-in: ``Done(cancelled)``) or
+``fail`` (the turn cannot go on: the fallback, then ``Error``). Whenever it is stopped, even
+before its task started, a turn ends with exactly one terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import CallagentError
+from .events import TERMINAL, Event
+from .segment import SegmentOptions
+
+DRAIN_WAIT = 2.0
+"""How much longer a finished turn's upstream bookkeeping may go on once the session's next
+turn waits for it (see ``Turn.cancel``)."""
+
+MAX_BACKLOG = 1024
+"""Events a turn may hold for its consumer; past this it stops reading the upstream until
+the consumer has taken half of them (a consumer that never does ends the turn)."""
+
+
+class TurnObserver(Protocol):
+    """Watches turns for the operator console (``callagent.console.feed``).
+
+    The engine holds one only while someone watches; with none, a turn pays one attribute
+    check per event. The calls must not block or raise: they run inside the turn.
+    """
+
+    def turn_started(self, turn: Turn) -> None: ...
+
+    def turn_event(self, turn: Turn, event: Event) -> None: ...
+
+
+@dataclass(slots=True)
+class TurnRequest:
+    session_id: str
+    text: str
+    time_stamp: str = ""
+    transport: str = "http"
+    turn_id: str | None = None
+    segment: SegmentOptions | None = None
+
+
+class Turn:
+    """A running turn: its id, its events, and the handle to stop it."""
+
+    def __init__(self, request: TurnRequest, turn_id: str) -> None:
+        self.id = turn_id
+        self.request = request
+        self.session_id = request.session_id
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_requested = False
+        self.spoken_text: str | None = None
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._room = asyncio.Event()  # the consumer has caught up (see MAX_BACKLOG)
+        # "running": cancelling interrupts the task. "finishing": the reply is being recorded
+        # and its terminal event sent; a cancel only stops what follows. "draining": the
+        # caller has the whole reply; a cancel lets the upstream's bookkeeping finish, bounded.
+        self.phase = "running"
+        self.started = False  # the task has begun running (a task cancelled before that never runs)
+        self.failure: CallagentError | None = None  # why fail() stopped it
+        self.ended = False  # the terminal event was emitted
+        self._ended_event: asyncio.Event | None = None  # made only when someone waits for it
+        self._drain_deadline: asyncio.Timeout | None = None
+        self.observer: TurnObserver | None = None  # the console's feed, while someone watches
+
+    def __repr__(self) -> str:
+        return f"Turn({self.id!r}, session={self.session_id!r})"
+
+    def emit(self, event: Event) -> None:
+        if self.observer is not None:
+            self.observer.turn_event(self, event)
+        self._queue.put_nowait(event)
+        if isinstance(event, TERMINAL):
+            self.ended = True
+            if self._ended_event is not None:
+                self._ended_event.set()
+
+    def cancel(self, spoken_text: str | None = None) -> bool:
+        """Stop the turn now; ``spoken_text`` is what the caller heard of it.
+
+        False if the reply was already complete (or the turn already cancelled).
+        """
+        if self.cancel_requested or self.task is None or self.task.done():
+            return False
+        self.cancel_requested = True
+        if self.phase == "running":
+            self.spoken_text = spoken_text
+            # A task cancelled before its first step never runs its body, so it would never
+            # emit a terminal event: a turn not started yet sees the flag as it starts instead.
+            if self.started:
+                self.task.cancel()
+            return True
+        if self._drain_deadline is not None:
+            # The upstream is still saving the reply (FastGPT: until [DONE]); whoever waits for this
+            # turn (the session's next turn) must not race that save: let it go on, DRAIN_WAIT at most.
+            when, wait_until = self._drain_deadline.when(), asyncio.get_running_loop().time() + DRAIN_WAIT
+            self._drain_deadline.reschedule(wait_until if when is None else min(when, wait_until))
+        return False
+
+    def fail(self, error: CallagentError) -> None:
+        """Stop the turn as failed (the caller still gets the fallback, unlike a cancel)."""
+        if self.cancel_requested or self.failure is not None or self.phase != "running":
+            return
+        self.failure = error
+        if self.started and self.task is not None:
+            self.task.cancel()
+
+    @property
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The turn's events up to and including its terminal one."""
+        while True:
+            event = await self._queue.get()
+            if self._queue.qsize() <= MAX_BACKLOG // 2:
+                self._room.set()
+            if isinstance(event, TERMINAL):
+                yield event
+                return
+            if not self.cancel_requested:
+                yield event
+
+    async def room(self) -> None:
+        """Until the consumer has caught up, when the turn holds too many events for it."""
+        if self._queue.qsize() >= MAX_BACKLOG:
+            self._room.clear()
+            await self._room.wait()
+
+    async def ended_wait(self) -> None:
+        """Until the terminal event is queued (the transcript row is saved by then)."""
+        if not self.ended:
+            if self._ended_event is None:
+                self._ended_event = asyncio.Event()
+            await self._ended_event.wait()
+
+    async def wait(self) -> None:
+        """Until the turn task has ended (transcript saved, lease released)."""
+        if self.task is not None:
+            await asyncio.wait([self.task])
