@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import fastgpt_emulator as fe
 from redis.asyncio import Redis
 
 from callagent.settings import Settings
 from callagent.web.keys import STORE
+from scripts.emulators import fastgpt as fe
 
 from .conftest import body, parse_sse
 from .test_bargein_http import first_frame

@@ -23,9 +23,10 @@ import pytest
 
 from callagent.store.redis import RedisStore
 
+from .cluster import Process, start_callagent, start_emulator, wait_ready
 from .conftest import body
 from .redis_server import RedisServer, free_port, start_process, stop_process, wait_for_http
-from .test_scale_out import LONG_REPLY, SHORT_REPLY, Process, start_callagent, start_emulator, wait_ready
+from .test_scale_out import CHUNK_DELAY, LONG_REPLY, SHORT_REPLY, fastgpt
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +81,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
     try:
         redis.start()
         # Per call: the first turn short, the second long (in progress at the kill), the third short.
-        emulator = start_emulator(tmp_path, SHORT_REPLY, LONG_REPLY)
-        instances = [start_callagent(name, tmp_path, redis.url, emulator) for name in "abc"]
+        emulator = start_emulator("fastgpt", tmp_path, SHORT_REPLY, LONG_REPLY, chunk_delay=CHUNK_DELAY)
+        instances = [start_callagent(name, tmp_path, redis.url, fastgpt(emulator)) for name in "abc"]
         processes += [emulator, *instances]
         wait_ready(*processes)
         nginx = start_nginx(tmp_path / "nginx", free_port(), instances)

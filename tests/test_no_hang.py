@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import fastgpt_emulator as fe
 import orjson
 import pytest
 from aiohttp import web
 
 from callagent.settings import Settings
 from callagent.store import sqlite_path
+from scripts.emulators import fastgpt as fe
 
 from .conftest import body, parse_sse
 from .test_bargein_http import LONG_REPLY, first_frame, no_running_turns

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import fastgpt_emulator as fe
 import orjson
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
 from callagent.settings import Settings
+from scripts.emulators import fastgpt as fe
 
 from .canary import CANARY_KEY
 from .conftest import body, parse_sse

@@ -8,11 +8,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import fastgpt_emulator as fe
 import pytest
 
 from callagent.settings import Settings
 from callagent.store import SQLiteStore, sqlite_path
+from scripts.emulators import fastgpt as fe
 
 from .conftest import body, parse_sse
 from .test_bargein_http import LONG_REPLY, first_frame

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import fastgpt_emulator as fe
 import orjson
 import pytest
 
 from callagent.settings import Settings
 from callagent.web.keys import ENGINE, SOCKETS, STORE
+from scripts.emulators import fastgpt as fe
 
 from .conftest import body
 
