@@ -48,11 +48,13 @@ async def test_a_lost_lease_release_does_not_block_the_next_turn(make_client: An
     await first_frame(resp, "text_delta")
     redis = Redis.from_url(redis_url)
     try:
-        await redis.execute_command("CLIENT", "PAUSE", 800, "WRITE")  # a stall: writes wait
+        # A stall: writes wait, longer than the rest of the reply takes, so the turn's release
+        # certainly falls inside it (and times out: lost).
+        await redis.execute_command("CLIENT", "PAUSE", 2500, "WRITE")
         frames = parse_sse(await asyncio.wait_for(resp.read(), 5))
         assert frames[-1][0] == "done"
         # The stall ends; the lease is still the finished turn's (its release was lost).
-        async with asyncio.timeout(3):
+        async with asyncio.timeout(6):
             while (await client.post("/set_info", json=body("h2", key="k", value="v"))).status != 200:
                 pass
         assert await client.app[STORE].lease_owner("h2") == frames[-1][1]["turnId"]
