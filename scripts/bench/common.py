@@ -36,6 +36,13 @@ class Mode:
     idle_sockets: int
     streaming_turns: int
     rounds: int = 2  # direct and via callagent alternate this many times per latency figure
+    ratio_calls: int = 200  # closed-loop calls of each callagent-versus-relay window
+    ratio_seconds: float = 2.5  # each such window, after its warm-up
+    ratio_rounds: int = 3  # relay and callagent back to back this many times: medians
+    sizing_calls: tuple[int, ...] = (10, 100, 1000)  # CPU per turn at these concurrencies
+    core_start: int = 50  # the one-core search starts here and doubles
+    core_max: int = 3200
+    core_seconds: float = 45.0  # the one-core search stops after this
 
 
 MODES = {
@@ -51,6 +58,13 @@ MODES = {
         idle_sockets=500,
         streaming_turns=100,
         rounds=1,
+        ratio_calls=100,
+        ratio_seconds=1.5,
+        ratio_rounds=1,
+        sizing_calls=(10, 100),
+        core_start=100,
+        core_max=400,
+        core_seconds=10.0,
     ),
     "default": Mode(
         "default",
@@ -77,7 +91,8 @@ MODES = {
         streaming_turns=1000,
     ),
 }
-SCENARIOS = ("latency", "clause", "saturation", "interrupt", "memory")
+SCENARIOS = ("latency", "clause", "saturation", "relay", "sizing", "core", "interrupt", "memory", "console")
+DEFAULT_OFF = {"console"}  # run with --full or --only
 
 
 def quantile(values: list[float], q: float) -> float | None:
