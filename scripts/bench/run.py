@@ -172,6 +172,8 @@ async def saturation_runs(
     if py_spy:
         await one(agent, best[0], "sse", "memory", py_spy)
         rows[-1]["target"] = "profiled"  # py-spy slows the process: not a throughput figure
+    if not mode.sqlite_workers:
+        return rows
     db = lab.workdir / "callagent.db"
     sqlite_agent = await lab.callagent(http, "callagent-sqlite", emu, f"sqlite:///{db}")
     try:
@@ -188,11 +190,15 @@ async def relay_runs(
 ) -> list[dict[str, Any]]:
     """The bare relay and callagent (memory and SQLite stores) over the same emulator and load."""
     relay = await lab.relay(http, "relay", emu)
-    sqlite_agent = await lab.callagent(http, "callagent-sqlite-vs", emu, f"sqlite:///{lab.workdir / 'vs.db'}")
+    agents = {"memory": agent}
     try:
-        await warm_up(http, sqlite_agent)
-        return await versus_relay(http, relay, {"memory": agent, "sqlite": sqlite_agent}, mode)
+        if mode.ratio_sqlite:
+            db = lab.workdir / "versus-relay.db"
+            agents["sqlite"] = await lab.callagent(http, "callagent-sqlite-vs", emu, f"sqlite:///{db}")
+            await warm_up(http, agents["sqlite"])
+        return await versus_relay(http, relay, agents, mode)
     finally:
-        lab.retire(sqlite_agent)
-        lab.retire(relay)
+        for server in (relay, *agents.values()):
+            if server is not agent:
+                lab.retire(server)
         await reset_emulator(http, emu)

@@ -26,20 +26,23 @@ from .load import MakeCall, calls_for, run_calls, sse_calls
 from .processes import Server
 
 TRANSPORTS = ("sse", "ws", "openai")
-WARM = 1.0  # seconds of load before a window opens
 
 
-async def window(make: MakeCall, target: Server, calls: int, seconds: float, prefix: str) -> dict[str, Any]:
-    """``calls`` closed-loop calls; what ``target`` spent on the turns that ended in the window."""
+async def window(
+    make: MakeCall, target: Server, calls: int, seconds: float, warm: float, prefix: str
+) -> dict[str, Any]:
+    """``calls`` closed-loop calls; what ``target`` spent on the turns that ended in the window
+    that opens ``warm`` seconds (plus one per thousand calls, as they start) after the load."""
     marks: dict[str, tuple[float, float, int | None]] = {}
+    warm += min(1.0, calls / 1000)
 
     async def sample() -> None:
-        for label, delay in (("start", WARM + min(1.0, calls / 1000)), ("end", seconds)):
+        for label, delay in (("start", warm), ("end", seconds)):
             await asyncio.sleep(delay)
             marks[label] = (time.monotonic(), target.cpu_seconds(), await target.gc_collections())
 
     sampler = asyncio.create_task(sample())
-    until = time.monotonic() + WARM + min(1.0, calls / 1000) + seconds
+    until = time.monotonic() + warm + seconds
     load = await run_calls(make, calls, None, stagger=min(0.3, calls / 1000), prefix=prefix, until=until)
     await sampler
     (t0, c0, g0), (t1, c1, g1) = marks["start"], marks["end"]
@@ -77,7 +80,9 @@ async def versus_relay(
         for transport in TRANSPORTS:
             for name, target in [("relay", relay), *agents.items()]:
                 make = calls_for(http, target.base, transport)
-                row = await window(make, target, mode.ratio_calls, mode.ratio_seconds, f"vs-{name}-{transport}")
+                row = await window(
+                    make, target, mode.ratio_calls, mode.ratio_seconds, mode.ratio_warm, f"vs-{name}-{transport}"
+                )
                 samples.setdefault((transport, name), []).append(row)
                 progress(
                     f"round {n + 1} {transport:6} {name:9} {mode.ratio_calls} calls: "
@@ -121,7 +126,8 @@ async def cpu_by_concurrency(http: aiohttp.ClientSession, agent: Server, mode: M
     rows = []
     for calls in mode.sizing_calls:
         seconds = mode.ratio_seconds * (2 if calls <= 10 else 1)  # few turns at 10 calls: a longer window
-        row = await window(sse_calls(http, agent.base, direct=False), agent, calls, seconds, f"size-{calls}")
+        make = sse_calls(http, agent.base, direct=False)
+        row = await window(make, agent, calls, seconds, mode.ratio_warm, f"size-{calls}")
         rows.append(row)
         progress(f"sizing {calls:5} calls: {fmt(row['cpu_us_per_turn'], 0)} us/turn, errors {row['errors']}")
     return rows
