@@ -112,17 +112,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "saturation" in only:
                     with timed(results, "saturation"):
                         results["saturation"] = await saturation_runs(http, lab, emu, agent, mode, args.py_spy)
-                if "relay" in only:
-                    with timed(results, "relay"):
-                        results["versus_relay"] = await relay_runs(http, lab, emu, agent, mode)
-                if "sizing" in only:
-                    with timed(results, "sizing"):
-                        results["cpu_by_calls"] = await cpu_by_concurrency(http, agent, mode)
-                        await reset_emulator(http, emu)
-                if "core" in only:
-                    with timed(results, "core"):
-                        results["one_core"] = await calls_per_core(http, emu, agent, mode)
-                        await reset_emulator(http, emu)
+                if only & {"relay", "sizing", "core"}:
+                    # A fresh process: the one above has served every earlier scenario, and a
+                    # store that keeps every transcript in memory makes later turns dearer.
+                    fresh = await lab.callagent(http, "callagent-fresh", emu, "memory://")
+                    await warm_up(http, fresh)
+                    if "relay" in only:
+                        with timed(results, "relay"):
+                            results["versus_relay"] = await relay_runs(http, lab, emu, fresh, mode)
+                    if "sizing" in only:
+                        with timed(results, "sizing"):
+                            results["cpu_by_calls"] = await cpu_by_concurrency(http, fresh, mode)
+                            await reset_emulator(http, emu)
+                    if "core" in only:
+                        with timed(results, "core"):
+                            results["one_core"] = await calls_per_core(http, emu, fresh, mode)
+                            await reset_emulator(http, emu)
+                    lab.retire(fresh)
                 if "interrupt" in only:
                     with timed(results, "interrupt"):
                         results["interrupt"] = await interrupt(http, emu, agent, mode.interrupts)

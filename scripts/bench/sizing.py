@@ -43,7 +43,7 @@ async def window(
 
     sampler = asyncio.create_task(sample())
     until = time.monotonic() + warm + seconds
-    load = await run_calls(make, calls, None, stagger=min(0.3, calls / 1000), prefix=prefix, until=until)
+    load = await run_calls(make, calls, None, stagger=max(0.3, calls / 1000), prefix=prefix, until=until)
     await sampler
     (t0, c0, g0), (t1, c1, g1) = marks["start"], marks["end"]
     gcs = None if g0 is None or g1 is None else g1 - g0
