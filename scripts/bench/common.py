@@ -45,6 +45,7 @@ class Mode:
     core_start: int = 50  # the one-core search starts here and doubles
     core_max: int = 3200
     core_seconds: float = 45.0  # the one-core search stops after this
+    core_turns: int = 4  # measured turns per call of each probe (both sides)
 
 
 MODES = {
@@ -69,6 +70,7 @@ MODES = {
         core_start=100,
         core_max=400,
         core_seconds=4.0,
+        core_turns=2,
     ),
     "default": Mode(
         "default",

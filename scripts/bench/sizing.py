@@ -159,8 +159,9 @@ async def calls_per_core(
 
     async def probe(calls: int) -> bool:
         stagger = max(0.3, calls / 1000)
-        direct = await run_calls(sse_calls(http, emu.base, direct=True), calls, 2, stagger=stagger, prefix="core-d")
-        via = await run_calls(sse_calls(http, agent.base, direct=False), calls, 2, stagger=stagger, prefix="core-v")
+        direct_calls, via_calls = sse_calls(http, emu.base, direct=True), sse_calls(http, agent.base, direct=False)
+        direct = await run_calls(direct_calls, calls, mode.core_turns, stagger=stagger, prefix="core-d")
+        via = await run_calls(via_calls, calls, mode.core_turns, stagger=stagger, prefix="core-v")
         added = quantile(via.firsts(), 0.99), quantile(direct.firsts(), 0.99)
         value = None if None in added else ms(added[0] - added[1])  # type: ignore[operator]
         ok = value is not None and value < budget_ms and not via.errors
