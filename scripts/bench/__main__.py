@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="small counts, < 1 minute")
-    size.add_argument("--full", dest="mode", action="store_const", const="full", help="1000 calls, 5000 sockets")
+    size.add_argument(
+        "--full", dest="mode", action="store_const", const="full", help="1000 calls, 5000 sockets, the console"
+    )
     parser.set_defaults(mode="default")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     parser.add_argument("--only", metavar="LIST", help=f"comma-separated subset of: {','.join(SCENARIOS)}")

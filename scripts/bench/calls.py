@@ -188,3 +188,53 @@ class WsCall:
             ws, self.ws = self.ws, None
             with contextlib.suppress(Exception):
                 await ws.close()
+
+
+class OpenAICall:
+    """A voice platform's call over ``POST /v1/chat/completions``: each request carries the
+    conversation so far, as platforms send it (an identical request would be a retry, which
+    callagent answers from its transcript without a turn). The history keeps the last
+    ``HISTORY`` messages; the caller's utterances are numbered so that no two requests match."""
+
+    HISTORY = 20
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, session_id: str) -> None:
+        self.http = http
+        self.url = base + "/v1/chat/completions"
+        self.headers = JSON_HEADERS | {"X-Callagent-Session": session_id}
+        self.messages: list[dict[str, str]] = []
+        self.count = 0
+
+    async def turn(self) -> Turn:
+        self.count += 1
+        self.messages.append({"role": "user", "content": f"{CALLER_TEXT} {self.count}"})
+        self.messages = self.messages[-self.HISTORY :]
+        body = orjson.dumps({"model": "callagent", "stream": True, "messages": self.messages})
+        turn = Turn(time.monotonic())
+        reply: list[str] = []
+        finished = False
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT), self.http.post(self.url, data=body, headers=self.headers) as r:
+                if r.status != 200:
+                    turn.error = f"HTTP {r.status}"
+                    return turn
+                async for now, (_, data) in timed_events(r):
+                    turn.events += 1
+                    if data == b"[DONE]":
+                        finished = True
+                        continue
+                    chunk = orjson.loads(data)
+                    if "error" in chunk:
+                        turn.error = "error: " + data[:200].decode(errors="replace")
+                    elif chunk["choices"] and (content := chunk["choices"][0]["delta"].get("content")):
+                        reply.append(content)
+                        if turn.first is None:
+                            turn.first = now - turn.sent
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
+            turn.error = f"{type(e).__name__}: {e}"
+            return turn
+        turn.ended = time.monotonic()
+        self.messages.append({"role": "assistant", "content": "".join(reply)})
+        if not finished and turn.error is None:
+            turn.error = "stream ended without [DONE]"
+        return turn

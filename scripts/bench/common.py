@@ -36,6 +36,16 @@ class Mode:
     idle_sockets: int
     streaming_turns: int
     rounds: int = 2  # direct and via callagent alternate this many times per latency figure
+    ratio_calls: int = 200  # closed-loop calls of each callagent-versus-relay window
+    ratio_seconds: float = 2.5  # each such window, after its warm-up
+    ratio_warm: float = 1.0  # seconds of load before each window opens
+    ratio_sqlite: bool = True  # also callagent with the SQLite store
+    ratio_rounds: int = 3  # relay and callagent back to back this many times: medians
+    sizing_calls: tuple[int, ...] = (10, 100, 1000)  # CPU per turn at these concurrencies
+    core_start: int = 50  # the one-core search starts here and doubles
+    core_max: int = 3200
+    core_seconds: float = 45.0  # the one-core search stops after this
+    core_turns: int = 4  # measured turns per call of each probe (both sides)
 
 
 MODES = {
@@ -45,12 +55,22 @@ MODES = {
         latency_ws=((1, 8), (100, 2)),
         clause=((1, 5), (100, 1)),
         saturation_workers=(400,),
-        saturation_seconds=3.0,
-        sqlite_workers=(400,),
+        saturation_seconds=2.0,
+        sqlite_workers=(),  # the relay comparison has SQLite in the default mode
         interrupts=20,
         idle_sockets=500,
         streaming_turns=100,
         rounds=1,
+        ratio_calls=100,
+        ratio_seconds=1.0,
+        ratio_warm=0.5,
+        ratio_sqlite=False,
+        ratio_rounds=1,
+        sizing_calls=(10, 100),
+        core_start=100,
+        core_max=400,
+        core_seconds=4.0,
+        core_turns=2,
     ),
     "default": Mode(
         "default",
@@ -77,7 +97,8 @@ MODES = {
         streaming_turns=1000,
     ),
 }
-SCENARIOS = ("latency", "clause", "saturation", "interrupt", "memory")
+SCENARIOS = ("latency", "clause", "saturation", "relay", "sizing", "core", "interrupt", "memory", "console")
+DEFAULT_OFF = {"console"}  # run with --full or --only
 
 
 def quantile(values: list[float], q: float) -> float | None:

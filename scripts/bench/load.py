@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from .calls import Turn, WsCall, sse_direct, sse_via
+from .calls import OpenAICall, Turn, WsCall, sse_direct, sse_via
 
 TurnFn = Callable[[], Awaitable[Turn]]
 MakeCall = Callable[[str], tuple[TurnFn, Callable[[], Awaitable[None]]]]
@@ -112,3 +112,19 @@ def ws_calls(http: aiohttp.ClientSession, base: str) -> MakeCall:
         return call.turn, call.close
 
     return make
+
+
+def openai_calls(http: aiohttp.ClientSession, base: str) -> MakeCall:
+    def make(session_id: str) -> tuple[TurnFn, Callable[[], Awaitable[None]]]:
+        return OpenAICall(http, base, session_id).turn, _nothing
+
+    return make
+
+
+def calls_for(http: aiohttp.ClientSession, base: str, transport: str) -> MakeCall:
+    """Calls through callagent (or the relay) over ``sse``, ``ws`` or ``openai``."""
+    if transport == "ws":
+        return ws_calls(http, base)
+    if transport == "openai":
+        return openai_calls(http, base)
+    return sse_calls(http, base, direct=False)

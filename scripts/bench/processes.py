@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -45,6 +46,7 @@ class Server:
         self.port = port
         self.workdir = workdir
         self.log_path = workdir / f"{name}.log"
+        self.gc_path = workdir / f"{name}.gc.json"  # written by scripts.bench.gcwatch, when run under it
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -106,6 +108,18 @@ class Server:
                     return int(line.split()[1])
         raise RuntimeError(f"no VmRSS for {self.name}")
 
+    async def gc_collections(self) -> int | None:
+        """Garbage collections so far (all generations), from a process run under ``gcwatch``."""
+        with contextlib.suppress(FileNotFoundError):
+            self.gc_path.unlink()
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # the handler runs between two bytecodes of the loop
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return int(sum(json.loads(self.gc_path.read_text())["collections"]))
+            await asyncio.sleep(0.01)
+        return None
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -162,8 +176,21 @@ class Lab:
         }
         if self.loop == "asyncio":
             env["CALLAGENT_UVLOOP"] = "false"
-        argv = [sys.executable, "-m", "callagent", "serve", "--host", HOST, "--port", str(port)]
-        server = Server(name, argv, env, port, self.workdir)
+        server = Server(name, [], env, port, self.workdir)
+        argv = ["callagent", "serve", "--host", HOST, "--port", str(port)]
+        server.argv = [sys.executable, "-m", "scripts.bench.gcwatch", str(server.gc_path), *argv]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))  # for gcwatch
+        self.servers.append(server)
+        await server.start(http, "/healthz")
+        return server
+
+    async def relay(self, http: aiohttp.ClientSession, name: str, upstream: Server) -> Server:
+        """The bare relay (``scripts.bench.relay``), on the same event loop as callagent."""
+        port = free_port()
+        loop = "asyncio" if self.loop == "asyncio" else "uvloop"
+        server = Server(name, [], dict(os.environ), port, self.workdir, cwd=ROOT)
+        argv = ["scripts.bench.relay", "--upstream", upstream.base, "--host", HOST, "--port", str(port), "--loop", loop]
+        server.argv = [sys.executable, "-m", "scripts.bench.gcwatch", str(server.gc_path), *argv]
         self.servers.append(server)
         await server.start(http, "/healthz")
         return server

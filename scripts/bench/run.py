@@ -20,6 +20,7 @@ import aiohttp
 from .common import (
     CHUNK_CHARS,
     CHUNK_DELAY,
+    DEFAULT_OFF,
     HOLD_CHUNK_DELAY,
     HOLD_REPLY,
     MODES,
@@ -32,6 +33,7 @@ from .common import (
 )
 from .processes import Lab, Server
 from .scenarios import idle_sockets, interrupt, latency, reset_emulator, saturation, streaming_turns, warm_up
+from .sizing import calls_per_core, console, cpu_by_concurrency, versus_relay
 
 
 @contextlib.contextmanager
@@ -73,7 +75,7 @@ def loop_name(choice: str) -> str:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     mode = MODES[args.mode]
-    only = set(args.only.split(",")) if args.only else set(SCENARIOS)
+    only = set(args.only.split(",")) if args.only else set(SCENARIOS) - (set() if mode.name == "full" else DEFAULT_OFF)
     fd_limit = raise_fd_limit(3 * mode.idle_sockets + 4096)
     results: dict[str, Any] = {
         "mode": mode.name,
@@ -110,6 +112,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "saturation" in only:
                     with timed(results, "saturation"):
                         results["saturation"] = await saturation_runs(http, lab, emu, agent, mode, args.py_spy)
+                if only & {"relay", "sizing", "core"}:
+                    # A fresh process: the one above has served every earlier scenario, and a
+                    # store that keeps every transcript in memory makes later turns dearer.
+                    fresh = await lab.callagent(http, "callagent-fresh", emu, "memory://")
+                    await warm_up(http, fresh)
+                    if "relay" in only:
+                        with timed(results, "relay"):
+                            results["versus_relay"] = await relay_runs(http, lab, emu, fresh, mode)
+                    if "sizing" in only:
+                        with timed(results, "sizing"):
+                            results["cpu_by_calls"] = await cpu_by_concurrency(http, fresh, mode)
+                            await reset_emulator(http, emu)
+                    if "core" in only:
+                        with timed(results, "core"):
+                            results["one_core"] = await calls_per_core(http, emu, fresh, mode)
+                            await reset_emulator(http, emu)
+                    lab.retire(fresh)
                 if "interrupt" in only:
                     with timed(results, "interrupt"):
                         results["interrupt"] = await interrupt(http, emu, agent, mode.interrupts)
@@ -124,6 +143,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         streaming = await streaming_turns(http, fresh, mode.streaming_turns)
                         lab.retire(fresh)
                         results["memory"] = {"idle_websocket": idle, "streaming_turn": streaming}
+                if "console" in only:
+                    with timed(results, "console"):
+                        results["console"] = await console(mode)
         finally:
             lab.stop_all()
     return results
@@ -156,6 +178,8 @@ async def saturation_runs(
     if py_spy:
         await one(agent, best[0], "sse", "memory", py_spy)
         rows[-1]["target"] = "profiled"  # py-spy slows the process: not a throughput figure
+    if not mode.sqlite_workers:
+        return rows
     db = lab.workdir / "callagent.db"
     sqlite_agent = await lab.callagent(http, "callagent-sqlite", emu, f"sqlite:///{db}")
     try:
@@ -165,3 +189,22 @@ async def saturation_runs(
     finally:
         lab.retire(sqlite_agent)
     return rows
+
+
+async def relay_runs(
+    http: aiohttp.ClientSession, lab: Lab, emu: Server, agent: Server, mode: Mode
+) -> list[dict[str, Any]]:
+    """The bare relay and callagent (memory and SQLite stores) over the same emulator and load."""
+    relay = await lab.relay(http, "relay", emu)
+    agents = {"memory": agent}
+    try:
+        if mode.ratio_sqlite:
+            db = lab.workdir / "versus-relay.db"
+            agents["sqlite"] = await lab.callagent(http, "callagent-sqlite-vs", emu, f"sqlite:///{db}")
+            await warm_up(http, agents["sqlite"])
+        return await versus_relay(http, relay, agents, mode)
+    finally:
+        for server in (relay, *agents.values()):
+            if server is not agent:
+                lab.retire(server)
+        await reset_emulator(http, emu)
