@@ -13,12 +13,15 @@ import orjson
 from aiohttp.test_utils import TestServer
 
 from scripts.bench.calls import OpenAICall, WsCall, sse_via
-from scripts.bench.relay import make_app
+from scripts.bench.relay import API_KEY, make_app
+from scripts.emulators import fastgpt as fastgpt_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def test_the_relay_forwards_each_shape(aiohttp_client: Any, emulator_server: TestServer) -> None:
+async def test_the_relay_forwards_each_shape(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    # The emulator with the benchmark's own key (the relay is a fixed reference, not configurable).
+    emulator_server: TestServer = await aiohttp_server(fastgpt_emulator.create_emulator_app(api_key=API_KEY))
     upstream = str(emulator_server.make_url("")).rstrip("/")
     client = await aiohttp_client(make_app(upstream))
     base = str(client.make_url("")).rstrip("/")
