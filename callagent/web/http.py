@@ -108,12 +108,17 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
         drop_half_open(request, send_timeout)
         consumer = SlowConsumer(request, turn, send_timeout)
         watch = asyncio.create_task(consumer.watch(), name=f"sse-watch-{turn.id}")
+        protocol = request.protocol
         try:
             seq = 0
             async for event in turn.events():
                 seq += 1
-                async with asyncio.timeout(send_timeout):
-                    await sse.write(sse_frame(event, turn.id, seq))
+                frame = sse_frame(event, turn.id, seq)
+                if protocol.writing_paused:  # only then can the write wait for the gateway
+                    async with asyncio.timeout(send_timeout):
+                        await sse.write(frame)
+                else:
+                    await sse.write(frame)
         except (ConnectionResetError, RuntimeError):
             pass  # the gateway went away; leaving the block cancels the turn
         except TimeoutError:
@@ -128,7 +133,11 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
 class SlowConsumer:
     """An SSE gateway judged by time: one that leaves what it is sent unread for ``send_timeout``
     seconds (a write waits that long, or bytes wait that long in the connection's buffer while
-    the turn is quiet) is dropped, with one ``sse_slow_consumer`` warning."""
+    the turn is quiet) is dropped, with one ``sse_slow_consumer`` warning.
+
+    A write is timed only when the transport is already paused: a write to an unpaused one
+    returns at once (aiohttp waits only when its buffer is past 64 KiB and the transport paused).
+    A gateway that stops reading while an untimed write waits is caught by ``watch``."""
 
     def __init__(self, request: web.Request, turn: Turn, send_timeout: float) -> None:
         self.request = request
