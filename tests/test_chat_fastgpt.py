@@ -58,9 +58,7 @@ async def test_stream_flag_in_body_is_accepted(fastgpt_client: Any) -> None:
     assert parse_sse(await resp.read())[-1][0] == "done"
 
 
-async def test_a_slow_sse_turn_is_pinged_between_frames(
-    make_client: Any, fastgpt_settings: Any, emulator: Any
-) -> None:
+async def test_a_slow_sse_turn_is_pinged_between_frames(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
     emulator.first_chunk_delay = 0.4
     client = await make_client(fastgpt_settings.with_(sse_ping_interval=0.1))
     resp = await client.post("/chat?stream=true", json=body(text="喂"))
