@@ -9,6 +9,7 @@ before its task started, a turn ends with exactly one terminal event.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,7 +59,10 @@ class Turn:
         self.task: asyncio.Task[None] | None = None
         self.cancel_requested = False
         self.spoken_text: str | None = None
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        # The events not yet taken, and the consumer's wait for one: one producer, one
+        # consumer, so a deque and a future do what an asyncio.Queue does, for less.
+        self._events: deque[Event] = deque()
+        self._has_events: asyncio.Future[None] | None = None
         self._room = asyncio.Event()  # the consumer has caught up (see MAX_BACKLOG)
         # "running": cancelling interrupts the task. "finishing": the reply is being recorded
         # and its terminal event sent; a cancel only stops what follows. "draining": the
@@ -77,7 +81,10 @@ class Turn:
     def emit(self, event: Event) -> None:
         if self.observer is not None:
             self.observer.turn_event(self, event)
-        self._queue.put_nowait(event)
+        self._events.append(event)
+        waiter = self._has_events
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if isinstance(event, TERMINAL):
             self.ended = True
             if self._ended_event is not None:
@@ -119,9 +126,16 @@ class Turn:
 
     async def events(self) -> AsyncIterator[Event]:
         """The turn's events up to and including its terminal one."""
+        events = self._events
         while True:
-            event = await self._queue.get()
-            if self._queue.qsize() <= MAX_BACKLOG // 2:
+            while not events:
+                self._has_events = asyncio.get_running_loop().create_future()
+                try:
+                    await self._has_events
+                finally:
+                    self._has_events = None
+            event = events.popleft()
+            if len(events) <= MAX_BACKLOG // 2:
                 self._room.set()
             if isinstance(event, TERMINAL):
                 yield event
@@ -131,7 +145,7 @@ class Turn:
 
     async def room(self) -> None:
         """Until the consumer has caught up, when the turn holds too many events for it."""
-        if self._queue.qsize() >= MAX_BACKLOG:
+        if len(self._events) >= MAX_BACKLOG:
             self._room.clear()
             await self._room.wait()
 

@@ -58,6 +58,17 @@ async def test_stream_flag_in_body_is_accepted(fastgpt_client: Any) -> None:
     assert parse_sse(await resp.read())[-1][0] == "done"
 
 
+async def test_a_slow_sse_turn_is_pinged_between_frames(make_client: Any, fastgpt_settings: Any, emulator: Any) -> None:
+    emulator.first_chunk_delay = 0.4
+    client = await make_client(fastgpt_settings.with_(sse_ping_interval=0.1))
+    resp = await client.post("/chat?stream=true", json=body(text="喂"))
+    assert resp.headers["Cache-Control"] == "no-cache" and resp.headers["Transfer-Encoding"] == "chunked"
+    raw = await resp.read()
+    head, _, rest = raw.partition(b"event: ")
+    assert head.startswith(b": ping\n\n") and set(head.split(b"\n\n")) == {b": ping", b""}
+    assert parse_sse(b"event: " + rest)[-1][1]["status"] == "completed"
+
+
 @every_build
 async def test_json_reply_is_the_folded_stream(fastgpt_client: Any, emulator: Any) -> None:
     resp = await fastgpt_client.post("/chat", json=body(text="发生了交通事故"))

@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from callagent.errors import StoreUnavailable
-from callagent.store import Store, TurnRecord, create_store
+from callagent.store import Store, TurnRecord, create_store, memory
 
 from .redis_server import RedisServer, free_port
 
@@ -205,6 +205,26 @@ async def test_publishing_a_cancel_nobody_hears_is_harmless(store: Store) -> Non
     await store.publish_cancel("s1", "您好")
     await store.ping()
     assert heard == [], "a process does not cancel itself through the store"
+
+
+# -- memory: bounded -------------------------------------------------------------------------
+
+
+async def test_memory_store_forgets_the_least_recently_written_session_and_old_turns() -> None:
+    store = create_store("memory://")
+    await store.set_variables("first", {"k": 1})
+    await store.save_turn(record("t0", session_id="busy"))
+    for i in range(memory.MAX_SESSIONS - 2):
+        await store.save_turn(record("t0", session_id=f"s{i}"))
+    await store.set_variables("first", {"k": 2})  # written again: now the most recent
+    await store.save_turn(record("t0", session_id="new"))  # one session too many
+    assert not await store.session_exists("busy") and await store.turns("busy") == []
+    assert await store.get_variables("first") == {"k": 2}
+    assert await store.session_exists("new") and await store.session_exists("s0")
+    for i in range(1, memory.MAX_TURNS + 2):
+        await store.save_turn(record(f"t{i}", session_id="new"))
+    turns = [r.turn_id for r in await store.turns("new")]
+    assert len(turns) == memory.MAX_TURNS and turns[0] == "t2" and turns[-1] == f"t{memory.MAX_TURNS + 1}"
 
 
 # -- Redis: several processes, expiry, outages ------------------------------------------------

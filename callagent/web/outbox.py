@@ -9,7 +9,10 @@ relaying a reply that arrived in many chunks at once) calls ``room()`` between s
 ``size`` queued frames it waits until the writer has drained half of them, so memory stays
 bounded while a peer that reads normally loses nothing. A peer is judged slow by time, not by
 a burst: when a frame has waited ``send_timeout`` seconds to be written, the peer is
-disconnected, with one ``ws_slow_consumer`` warning.
+disconnected, with one ``ws_slow_consumer`` warning. A send is timed only when the transport is
+already paused (a send to an unpaused one returns at once); should an untimed send come to wait,
+the next ``put`` finds its frame too old and drops the peer (on a quiet socket, the heartbeat
+closes it).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class Outbox:
     async def run(self) -> None:
         """The writer task: send each queued frame as JSON text, until cancelled."""
         low_water = self.size // 2
+        protocol = self.request.protocol
         while True:
             while not self._frames:
                 self._has_mail.clear()
@@ -87,7 +91,10 @@ class Outbox:
             _, frame = self._frames[0]  # stays queued while it is written: its age judges the peer
             if not self.ws.closed:
                 try:
-                    async with asyncio.timeout(self.send_timeout):
+                    if protocol.writing_paused:  # only then can the send wait for the peer
+                        async with asyncio.timeout(self.send_timeout):
+                            await self.ws.send_str(orjson.dumps(frame).decode())
+                    else:
                         await self.ws.send_str(orjson.dumps(frame).decode())
                 except TimeoutError:
                     self.drop()

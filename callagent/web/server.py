@@ -13,6 +13,7 @@ graceful shutdown (``on_shutdown`` drains turns and closes sockets, then the cle
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from contextlib import suppress
 from http import HTTPStatus
@@ -63,6 +64,16 @@ class _Runner(web.AppRunner):
         return server
 
 
+def tune_collector() -> None:
+    """The garbage collector for a server whose requests and turns make no reference cycles
+    (tests/test_gc_cycles.py): what start-up made (modules, the app, its pools) lives as long as
+    the process, so it is moved out of the collector's sight; and the youngest generation is
+    collected every 10,000 net allocations instead of 700, so the objects of the calls in flight
+    are not promoted, and walked again, by collections that find nothing to free."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def run(
     app: web.Application, *, host: str, port: int, shutdown_timeout: float, loop: asyncio.AbstractEventLoop
 ) -> None:
@@ -73,6 +84,7 @@ def run(
     async def serve() -> None:
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
+        tune_collector()
         print(f"======== Running on http://{host}:{port} ========", file=sys.stderr)
         await asyncio.Event().wait()  # until a signal: the runner's handler raises GracefulExit
 

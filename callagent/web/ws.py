@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import WSMsgType, web
 
@@ -54,15 +54,6 @@ class GatewaySocket:
         self.seq = 0
         # (session id, turn id) -> pump: turn ids are unique per session, not per socket.
         self.pumps: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
-            "start": self.on_start,
-            "chat": self.on_chat,
-            "interrupt": self.on_interrupt,
-            "set_info": self.on_set_info,
-            "get_info": self.on_get_info,
-            "delete_last_turn": self.on_delete_last_turn,
-            "ping": self.on_ping,
-        }
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -95,7 +86,7 @@ class GatewaySocket:
             handler = self.handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise InvalidRequest(f"type: must be one of {', '.join(self.handlers)}")
-            await handler(msg)
+            await handler(self, msg)
         except CallagentError as e:
             self.send_error(e, kind if isinstance(kind, str) else None)
 
@@ -184,6 +175,18 @@ class GatewaySocket:
 
     async def on_ping(self, msg: dict[str, Any]) -> None:
         self.send({"type": "pong", "t": msg.get("t")})
+
+    # The message types, as plain functions: a per-socket dict of bound methods would be a
+    # reference cycle left to the garbage collector by every socket.
+    handlers: ClassVar[dict[str, Callable[[GatewaySocket, dict[str, Any]], Awaitable[None]]]] = {
+        "start": on_start,
+        "chat": on_chat,
+        "interrupt": on_interrupt,
+        "set_info": on_set_info,
+        "get_info": on_get_info,
+        "delete_last_turn": on_delete_last_turn,
+        "ping": on_ping,
+    }
 
     # -- writing ---------------------------------------------------------------------------
 
