@@ -38,7 +38,7 @@ from .store.lease import wait_released
 from .turns import Turn, TurnEngine, TurnRequest
 from .upstream.base import Upstream
 
-log = structlog.get_logger("callagent.commands")
+log = structlog.get_logger(component="callagent.commands")
 
 INTERNAL_PREFIX = "_"
 

@@ -47,7 +47,7 @@ from ..metrics import Metrics
 from ..stages import StageTable
 from ..turns import Turn, TurnEngine
 
-log = structlog.get_logger("callagent.console")
+log = structlog.get_logger(component="callagent.console")
 
 CHANNEL = "callagent:console"
 WATCH_INTERVAL = 5.0  # an instance with viewers says so this often

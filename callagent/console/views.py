@@ -35,7 +35,7 @@ from ..web.transcript import session_turns
 from .access import OPERATOR
 from .feed import CallFeed
 
-log = structlog.get_logger("callagent.console")
+log = structlog.get_logger(component="callagent.console")
 
 MAX_FRAMES_PER_WRITE = 256
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"

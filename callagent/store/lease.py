@@ -30,7 +30,7 @@ import structlog
 from ..errors import CallagentError, SessionBusy
 from .base import Store
 
-log = structlog.get_logger("callagent.lease")
+log = structlog.get_logger(component="callagent.lease")
 
 POLL = 0.01
 ASK_AGAIN = 0.25

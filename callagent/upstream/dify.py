@@ -53,7 +53,7 @@ from .dify_vars import (
 from .http import Peer, frame_json, post_stream, read_small, request_small, sse_events
 from .openai_think import ThinkFilter
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger(component="callagent.upstream.dify")
 _PEER = Peer("Dify", log, "dify")
 
 _MAX_MESSAGE = 300

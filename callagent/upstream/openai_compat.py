@@ -30,7 +30,7 @@ from .http import Peer, frame_json, post_stream, read_small, request_small, sse_
 from .openai_messages import PromptTemplate, build_messages
 from .openai_think import ThinkFilter
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger(component="callagent.upstream.openai")
 _PEER = Peer("the model server", log, "openai")
 
 _AUTH_STATUSES = {401, 403}

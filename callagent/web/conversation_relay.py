@@ -36,28 +36,14 @@ from ..stages import Stage
 from ..turns import Turn, TurnRequest
 from . import twilio
 from . import validation as v
-from .keys import COMMANDS, METRICS, SETTINGS, SOCKETS
-from .outbox import Outbox
+from .keys import COMMANDS, SETTINGS
+from .outbox import Outbox, serve_socket
 
-log = structlog.get_logger("callagent.relay")
-
-MAX_FRAME_BYTES = 1024 * 1024  # larger frames close the socket (1009); smaller oversize ones are skipped
-
+log = structlog.get_logger(component="callagent.relay")
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     twilio.verify_signature(request, request.query, websocket=True)  # 403 before the upgrade
-    settings = request.app[SETTINGS]
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat, max_msg_size=MAX_FRAME_BYTES)
-    await ws.prepare(request)
-    sockets, metrics = request.app[SOCKETS], request.app[METRICS]
-    sockets.add(ws)
-    metrics.open_sockets.inc()
-    try:
-        await RelaySocket(request, ws).serve()
-    finally:
-        metrics.open_sockets.dec()
-        sockets.discard(ws)
-    return ws
+    return await serve_socket(request, lambda request, ws: RelaySocket(request, ws).serve())
 
 
 class RelaySocket:

@@ -49,7 +49,7 @@ from .openai_compat_request import ChatRequest, parse
 from .openai_compat_tools import ToolTable
 from .openai_compat_wire import DONE_LINE, CompletionEncoder, Reply, ToolCall, error_response
 
-log = structlog.get_logger("callagent.openai")
+log = structlog.get_logger(component="callagent.openai")
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 MODEL_PATHS = ("/v1/models", "/models")

@@ -1,4 +1,7 @@
-"""A WebSocket's one writer: an outbox drained by a single task.
+"""A WebSocket's life and its one writer: an outbox drained by a single task.
+
+``serve_socket`` upgrades the request, registers the socket (so shutdown closes it with 1001)
+and counts it, runs the protocol's session on it, and unregisters it, whatever happened.
 
 Every socket protocol callagent serves (``/ws``, ``/conversation-relay``) sends through one of
 these, so frames leave in the order they were queued and nothing but the writer task ever
@@ -19,13 +22,37 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
 
+from .keys import METRICS, SETTINGS, SOCKETS
+
 log = structlog.get_logger(component="callagent.ws")
+
+MAX_FRAME_BYTES = 1024 * 1024
+"""Larger frames close the socket (1009); each protocol answers smaller oversize ones itself."""
+
+
+async def serve_socket(
+    request: web.Request, session: Callable[[web.Request, web.WebSocketResponse], Awaitable[None]]
+) -> web.WebSocketResponse:
+    """Upgrade to a WebSocket and run ``session`` on it, registered for shutdown and counted."""
+    settings = request.app[SETTINGS]
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat, max_msg_size=MAX_FRAME_BYTES)
+    await ws.prepare(request)
+    sockets, metrics = request.app[SOCKETS], request.app[METRICS]
+    sockets.add(ws)
+    metrics.open_sockets.inc()
+    try:
+        await session(request, ws)
+    finally:
+        metrics.open_sockets.dec()
+        sockets.discard(ws)
+    return ws
 
 
 class Outbox:

@@ -52,7 +52,7 @@ from ..stages import Stage
 from .keys import SETTINGS, STAGES
 
 routes = web.RouteTableDef()
-log = structlog.get_logger("callagent.twilio")
+log = structlog.get_logger(component="callagent.twilio")
 
 RELAY_PATH = "/conversation-relay"
 VOICE_PATH = "/twilio/voice"

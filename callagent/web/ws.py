@@ -20,25 +20,12 @@ from ..errors import CallagentError, InvalidRequest
 from ..events import ws_error, ws_message
 from ..turns import Turn, TurnRequest
 from . import validation as v
-from .keys import COMMANDS, METRICS, SETTINGS, SOCKETS
-from .outbox import Outbox
-
-MAX_FRAME_BYTES = 1024 * 1024  # larger frames close the socket (1009); smaller oversize ones get an error
+from .keys import COMMANDS, SETTINGS
+from .outbox import Outbox, serve_socket
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    settings = request.app[SETTINGS]
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat, max_msg_size=MAX_FRAME_BYTES)
-    await ws.prepare(request)
-    sockets, metrics = request.app[SOCKETS], request.app[METRICS]
-    sockets.add(ws)
-    metrics.open_sockets.inc()
-    try:
-        await GatewaySocket(request, ws).serve()
-    finally:
-        metrics.open_sockets.dec()
-        sockets.discard(ws)
-    return ws
+    return await serve_socket(request, lambda request, ws: GatewaySocket(request, ws).serve())
 
 
 class GatewaySocket:
