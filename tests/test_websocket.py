@@ -166,6 +166,8 @@ async def test_sessions_multiplexed_on_one_socket_are_independent(fastgpt_client
         ('{"type": "get_info", "sessionId": "unknown"}', "session_not_found", "unknown session"),
         ('{"type": "start", "sessionId": "s1", "segment": "word"}', "invalid_request", "segment"),
         ('{"type": "chat", "sessionId": "s1", "text": "' + "x" * 70000 + '"}', "invalid_request", "frame larger"),
+        # Fewer characters than the limit, more bytes: the limit is in bytes.
+        ('{"type": "chat", "sessionId": "s1", "text": "' + "喂" * 30000 + '"}', "invalid_request", "frame larger"),
     ],
 )
 async def test_bad_frames_get_an_error_and_the_socket_stays_open(

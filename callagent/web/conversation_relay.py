@@ -37,7 +37,7 @@ from ..turns import Turn, TurnRequest
 from . import twilio
 from . import validation as v
 from .keys import COMMANDS, SETTINGS
-from .outbox import Outbox, serve_socket
+from .outbox import Outbox, cancel_all, serve_socket
 
 log = structlog.get_logger(component="callagent.relay")
 
@@ -80,19 +80,12 @@ class RelaySocket:
                     log.warning("relay_frame_skipped", session_id=self.session_id, reason="binary frame")
                 await self.outbox.room()
         finally:
-            # All cancelled before anything is awaited: this task may itself be cancelled again
-            # (the platform hung up) while it waits, and nothing of the socket may outlive it.
-            tasks = [*self.pumps.values(), writer]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all([*self.pumps.values(), writer])
 
     async def handle(self, raw: str) -> None:
         kind: Any = None
         try:
-            if len(raw) > self.settings.max_body_bytes:
-                raise InvalidRequest(f"frame larger than {self.settings.max_body_bytes} characters")
-            msg = v.parse_object(raw)
+            msg = v.parse_frame(raw, self.settings.max_body_bytes)
             kind = msg.get("type")
             handler = self.handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:

@@ -55,6 +55,15 @@ async def serve_socket(
     return ws
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """A closing socket's tasks (its pumps and writer), all cancelled before anything is awaited:
+    the closing handler may itself be cancelled again (the peer hung up) while it waits, and
+    nothing of the socket may outlive it."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Outbox:
     def __init__(self, request: web.Request, ws: web.WebSocketResponse, size: int, send_timeout: float) -> None:
         self.request = request

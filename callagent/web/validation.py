@@ -68,6 +68,14 @@ def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
     return body
 
 
+def parse_frame(raw: str, limit: int) -> dict[str, Any]:
+    """A WebSocket text frame's JSON object, at most ``limit`` bytes of UTF-8."""
+    # A character is at least one byte: only a long frame needs encoding to be measured.
+    if len(raw) > limit or (len(raw) * 4 > limit and len(raw.encode()) > limit):
+        raise InvalidRequest(f"frame larger than {limit} bytes")
+    return parse_object(raw)
+
+
 def parse_object(raw: bytes | str) -> dict[str, Any]:
     if not raw:
         raise MalformedJSON("request body must be a JSON object")

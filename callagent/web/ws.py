@@ -21,7 +21,7 @@ from ..events import ws_error, ws_message
 from ..turns import Turn, TurnRequest
 from . import validation as v
 from .keys import COMMANDS, SETTINGS
-from .outbox import Outbox, serve_socket
+from .outbox import Outbox, cancel_all, serve_socket
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -54,21 +54,12 @@ class GatewaySocket:
                     self.send_error(InvalidRequest("binary frames are not accepted: send JSON text frames"))
                 await self.outbox.room()
         finally:
-            # All cancelled before anything is awaited: this task may itself be cancelled again
-            # (the gateway hung up) while it waits, and nothing of the socket may outlive it.
-            tasks = [*self.pumps.values(), writer]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all([*self.pumps.values(), writer])
 
     async def handle(self, raw: str) -> None:
         kind = None
         try:
-            # A character is at least one byte: only a long frame needs encoding to be measured.
-            limit = self.settings.max_body_bytes
-            if len(raw) > limit or (len(raw) * 4 > limit and len(raw.encode()) > limit):
-                raise InvalidRequest(f"frame larger than {limit} bytes")
-            msg = v.parse_object(raw)
+            msg = v.parse_frame(raw, self.settings.max_body_bytes)
             kind = msg.get("type")
             handler = self.handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
