@@ -6,11 +6,11 @@ The table and the aliases are data (``callagent/data/stages.toml``, or the file 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
+from typing import Any
 
+from .data import read_toml
 from .settings import ConfigError
 
 
@@ -36,23 +36,10 @@ class StageTable:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> StageTable:
-        if path:
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except OSError as e:
-                raise ConfigError(f"CALLAGENT_STAGES_FILE: cannot read {path}: {e.strerror}") from None
-            source = str(path)
-        else:
-            text = resources.files("callagent.data").joinpath("stages.toml").read_text(encoding="utf-8")
-            source = "callagent/data/stages.toml"
-        return cls.parse(text, source)
+        return cls.from_data(*read_toml(path, "stages.toml", "CALLAGENT_STAGES_FILE"))
 
     @classmethod
-    def parse(cls, text: str, source: str = "<stages>") -> StageTable:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{source}: {e}") from None
+    def from_data(cls, data: dict[str, Any], source: str) -> StageTable:
         raw_stages = data.get("stages")
         if not isinstance(raw_stages, dict) or not raw_stages:
             raise ConfigError(f"{source}: a non-empty [stages] table is required")

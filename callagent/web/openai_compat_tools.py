@@ -11,13 +11,12 @@ to answer once the platform sends the tool's result back.
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..data import read_toml
 from ..settings import ConfigError
 from ..stages import Stage
 
@@ -75,23 +74,10 @@ class ToolTable:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ToolTable:
-        if path:
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except OSError as e:
-                raise ConfigError(f"CALLAGENT_TOOLS_FILE: cannot read {path}: {e.strerror}") from None
-            source = str(path)
-        else:
-            text = resources.files("callagent.data").joinpath("tools.toml").read_text(encoding="utf-8")
-            source = "callagent/data/tools.toml"
-        return cls.parse(text, source)
+        return cls.from_data(*read_toml(path, "tools.toml", "CALLAGENT_TOOLS_FILE"))
 
     @classmethod
-    def parse(cls, text: str, source: str = "<tools>") -> ToolTable:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{source}: {e}") from None
+    def from_data(cls, data: dict[str, Any], source: str) -> ToolTable:
         raw = data.get("actions", {})
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: [actions] must be a table of actions")
