@@ -6,17 +6,16 @@ session operation or an operational endpoint.
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from ..events import FoldedReply, dumps, sse_frame
-from ..turns import Turn, TurnRequest
+from ..turns import TurnRequest
 from . import validation as v
 from .keys import COMMANDS, METRICS, SETTINGS, STORE, UPSTREAM
+from .stream import EventStream
 
 routes = web.RouteTableDef()
 log = structlog.get_logger(component="callagent.web")
@@ -87,118 +86,30 @@ async def _chat_json(request: web.Request, data: dict[str, Any], turn_request: T
     return ok(data, **extra)
 
 
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "Connection": "keep-alive",
-    "X-Accel-Buffering": "no",
-}
-PING = b": ping\n\n"  # a comment line: readers skip it
-
-
 async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.StreamResponse:
-    app = request.app
-    metrics = app[METRICS]
-    settings = app[SETTINGS]
-    send_timeout = settings.sse_send_timeout
-    async with app[COMMANDS].turn(turn_request) as turn:
-        sse = web.StreamResponse(headers=SSE_HEADERS)  # chunked: HTTP/1.1 and no length
-        await sse.prepare(request)
-        metrics.open_streams.inc()
-        drop_half_open(request, send_timeout)
-        keeper = StreamKeeper(request, sse, turn, send_timeout, settings.sse_ping_interval)
-        keep = asyncio.create_task(keeper.run(), name=f"sse-keep-{turn.id}")
-        protocol = request.protocol
+    settings = request.app[SETTINGS]
+    async with request.app[COMMANDS].turn(turn_request) as turn:
+        stream = EventStream(
+            request,
+            ping_interval=settings.sse_ping_interval,
+            send_timeout=settings.sse_send_timeout,
+            slow_event="sse_slow_consumer",
+            session_id=turn.session_id,
+            turn_id=turn.id,
+        )
+        await stream.open()
         try:
             seq = 0
             async for event in turn.events():
                 seq += 1
-                frame = sse_frame(event, turn.id, seq)
-                if protocol.writing_paused:  # only then can the write wait for the gateway
-                    async with asyncio.timeout(send_timeout):
-                        await sse.write(frame)
-                else:
-                    await sse.write(frame)
+                await stream.write(sse_frame(event, turn.id, seq))
         except (ConnectionResetError, RuntimeError):
             pass  # the gateway went away; leaving the block cancels the turn
         except TimeoutError:
-            keeper.drop()
+            stream.drop()
         finally:
-            keep.cancel()
-            await asyncio.gather(keep, return_exceptions=True)
-            metrics.open_streams.dec()
-    return sse
-
-
-class StreamKeeper:
-    """An SSE response's one timer task: a ping every ``ping_interval`` (proxies keep the stream
-    open), and the gateway judged by time: one that leaves what it is sent unread for
-    ``send_timeout`` seconds (a write waits that long, or bytes wait that long in the
-    connection's buffer while the turn is quiet) is dropped, with one ``sse_slow_consumer`` warning.
-
-    A write is timed only when the transport is already paused: a write to an unpaused one
-    returns at once (aiohttp waits only when its buffer is past 64 KiB and the transport paused).
-    A gateway that stops reading while an untimed write waits is caught by the look at the
-    connection's buffer."""
-
-    def __init__(
-        self, request: web.Request, response: web.StreamResponse, turn: Turn, send_timeout: float, ping_interval: float
-    ) -> None:
-        self.request = request
-        self.response = response
-        self.turn = turn
-        self.send_timeout = send_timeout
-        self.ping_interval = ping_interval
-        self.dropped = False
-
-    def drop(self) -> None:
-        if self.dropped:
-            return
-        self.dropped = True
-        log.warning(
-            "sse_slow_consumer", session_id=self.turn.session_id, turn_id=self.turn.id, reason="gateway is not reading"
-        )
-        if self.request.transport is not None:
-            self.request.transport.abort()
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        look_every = self.send_timeout / 4  # a periodic look, not a wait for something
-        next_look, next_ping = loop.time() + look_every, loop.time() + self.ping_interval
-        unread_since: float | None = None
-        while not self.dropped:
-            await asyncio.sleep(min(next_look, next_ping) - loop.time())
-            transport = self.request.transport
-            if transport is None or transport.is_closing():
-                return
-            now = loop.time()
-            if now >= next_look:
-                next_look = now + look_every
-                if transport.get_write_buffer_size() == 0:  # the kernel took everything: it is read
-                    unread_since = None
-                elif unread_since is None:
-                    unread_since = now
-                elif now - unread_since >= self.send_timeout:
-                    self.drop()
-            if now >= next_ping and not self.dropped:
-                next_ping = now + self.ping_interval
-                try:
-                    async with asyncio.timeout(self.send_timeout):
-                        await self.response.write(PING)
-                except TimeoutError:
-                    self.drop()
-                except (ConnectionResetError, RuntimeError):
-                    return  # the gateway went away, or the stream has ended
-
-
-def drop_half_open(request: web.Request, send_timeout: float) -> None:
-    """Ask the kernel to drop the connection when sent bytes stay unacknowledged a little longer
-    than ``send_timeout`` (Linux): a half-open gateway is noticed even when nothing is being
-    written. A gateway that merely stops reading is caught by the write timeout first, and logged."""
-    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if sock is not None and option is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, option, int((send_timeout + 1) * 1000))
+            await stream.close()
+    return stream.response
 
 
 @routes.post("/cancel")

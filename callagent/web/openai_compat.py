@@ -28,7 +28,6 @@ What the real clients need, and how it is met:
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -36,18 +35,18 @@ from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
-from aiohttp_sse import sse_response
 
 from ..errors import CallagentError
 from ..events import Done, Error, StageCode, TextDelta, dumps
 from ..stages import Stage
 from ..turns import TurnRequest, new_turn_id
 from . import validation as v
-from .keys import COMMANDS, METRICS, SETTINGS, STAGES, STORE
+from .keys import COMMANDS, SETTINGS, STAGES, STORE
 from .middlewares import ROUTE_FAMILIES, RouteFamily
 from .openai_compat_request import ChatRequest, parse
 from .openai_compat_tools import ToolTable
 from .openai_compat_wire import DONE_LINE, CompletionEncoder, Reply, ToolCall, error_response
+from .stream import EventStream
 
 log = structlog.get_logger(component="callagent.openai")
 
@@ -224,45 +223,35 @@ async def _stream(
     request: web.Request, chat: ChatRequest, encoder: CompletionEncoder, reply: Reply, pieces: AsyncGenerator[str, None]
 ) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
-    async with (
-        aclosing(pieces),
-        sse_response(
-            request,
-            sep="\n",
-            allow_all_methods=True,
-            ping_interval=settings.openai_route_keepalive,
-            send_timeout=settings.sse_send_timeout,
-        ) as sse,
-    ):
-        metrics.open_streams.inc()
+    stream = EventStream(
+        request,
+        ping_interval=settings.openai_route_keepalive,
+        send_timeout=settings.sse_send_timeout,
+        slow_event="openai_slow_consumer",
+        session_id=chat.session_id,
+    )
+    async with aclosing(pieces):
+        await stream.open()
         try:
-            await _relay(sse, chat, encoder, reply, pieces, settings.sse_send_timeout)
+            await _relay(stream, chat, encoder, reply, pieces)
         except (ConnectionResetError, RuntimeError):
             pass  # the platform went away; leaving the block cancels the turn
         except TimeoutError:
-            log.warning("openai_slow_consumer", reason="platform is not reading")
-            if request.transport is not None:
-                request.transport.abort()
+            stream.drop()
         finally:
-            metrics.open_streams.dec()
-    return sse
+            await stream.close()
+    return stream.response
 
 
 async def _relay(
-    sse: web.StreamResponse,
+    stream: EventStream,
     chat: ChatRequest,
     encoder: CompletionEncoder,
     reply: Reply,
     pieces: AsyncGenerator[str, None],
-    send_timeout: float,
 ) -> None:
     """The role chunk at once, content as it comes, then tool call, final chunk, usage, ``[DONE]``."""
-
-    async def send(data: bytes) -> None:
-        async with asyncio.timeout(send_timeout):
-            await sse.write(data)
-
+    send = stream.write
     await send(encoder.role())
     try:
         async for piece in pieces:
