@@ -7,9 +7,9 @@
     flush timer: a clause held back longer than ``flush_delay`` is spoken as it is
     finish(): what the parser and the segmenter still hold
 
-``TurnDeadline`` is the one timer of a turn: an ``asyncio.Timeout`` set to the nearest of the
+``TurnDeadline`` is the one timer of a turn: a loop timer handle set to the nearest of the
 first-token deadline (until the first text), the idle deadline (after it) and the turn
-deadline, moved forward as text arrives.
+deadline, moved forward as text arrives, then reused for the drain after the reply.
 """
 
 from __future__ import annotations
@@ -129,31 +129,69 @@ class ReplyPipeline:
 
 
 class TurnDeadline:
-    """The turn's one timer. Use ``async with deadline.armed():`` around the upstream read and
-    call ``alive(now)`` for every chunk once text flows; ``explain(now)`` says which deadline fired."""
+    """The turn's one timer: a loop timer handle at the nearest of the first-token deadline
+    (until the first text), the idle deadline (after it) and the turn deadline, moved forward
+    by ``alive(now)`` as text arrives. When it fires it calls ``expired(self)``; ``explain(now)``
+    says which deadline that was. After the reply the engine reuses it for the drain
+    (``reschedule``): one timer handle per turn, whatever the turn goes through.
+    """
 
-    __slots__ = ("_first_token", "_idle", "_scheduled", "_slack", "_timeout", "_turn", "end", "first_token_at")
+    __slots__ = (
+        "_expired",
+        "_first_token",
+        "_handle",
+        "_idle",
+        "_loop",
+        "_scheduled",
+        "_slack",
+        "_turn",
+        "end",
+        "fired",
+        "first_token_at",
+    )
 
-    def __init__(self, started: float, first_token: float, idle: float, turn: float) -> None:
+    def __init__(self, first_token: float, idle: float, turn: float, expired: Callable[[TurnDeadline], None]) -> None:
         self._first_token, self._idle, self._turn = first_token, idle, turn
-        self.end = started + turn
-        self.first_token_at = started + first_token
-        self._scheduled = min(self.first_token_at, self.end)
+        self._expired = expired
+        self._loop = asyncio.get_running_loop()
+        self.end = self.first_token_at = float("inf")
+        self._scheduled: float | None = None
         # Moving the timer on every chunk is a measurable cost at high chunk rates; the idle
         # deadline may so fire up to this much early, never late.
         self._slack = min(0.5, idle / 10)
-        self._timeout: asyncio.Timeout | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self.fired = False
 
-    def armed(self) -> asyncio.Timeout:
-        self._timeout = asyncio.timeout_at(self._scheduled)
-        return self._timeout
+    def start(self, now: float) -> None:
+        """The turn's deadlines count from ``now`` (loop time)."""
+        self.end = now + self._turn
+        self.first_token_at = now + self._first_token
+        self.reschedule(min(self.first_token_at, self.end))
 
     def alive(self, now: float) -> None:
         """The upstream sent something after the reply's first text: the idle deadline restarts."""
-        if self._scheduled < self.end and now + self._idle - self._scheduled > self._slack:
-            self._scheduled = min(now + self._idle, self.end)
-            assert self._timeout is not None
-            self._timeout.reschedule(self._scheduled)
+        scheduled = self._scheduled
+        if scheduled is not None and scheduled < self.end and now + self._idle - scheduled > self._slack:
+            self.reschedule(min(now + self._idle, self.end))
+
+    def when(self) -> float | None:
+        return self._scheduled
+
+    def reschedule(self, when: float | None) -> None:
+        """Fire at ``when`` (loop time) instead; None: not at all."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._scheduled = when
+        self.fired = False
+        self._handle = None if when is None else self._loop.call_at(when, self._fire)
+
+    def stop(self) -> None:
+        self.reschedule(None)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self.fired = True
+        self._expired(self)
 
     def explain(self, now: float, first_byte: bool, first_text: bool) -> str:
         if now >= self.end - 0.001:

@@ -27,6 +27,12 @@ MAX_BACKLOG = 1024
 the consumer has taken half of them (a consumer that never does ends the turn)."""
 
 
+class Reschedulable(Protocol):
+    def when(self) -> float | None: ...
+
+    def reschedule(self, when: float | None) -> None: ...
+
+
 class TurnObserver(Protocol):
     """Watches turns for the operator console (``callagent.console.feed``).
 
@@ -61,7 +67,7 @@ class Turn:
         self.spoken_text: str | None = None
         # The events not yet taken, and the consumer's wait for one: one producer, one
         # consumer, so a deque and a future do what an asyncio.Queue does, for less.
-        self._events: deque[Event] = deque()
+        self.backlog: deque[Event] = deque()
         self._has_events: asyncio.Future[None] | None = None
         self._room = asyncio.Event()  # the consumer has caught up (see MAX_BACKLOG)
         # "running": cancelling interrupts the task. "finishing": the reply is being recorded
@@ -72,7 +78,7 @@ class Turn:
         self.failure: CallagentError | None = None  # why fail() stopped it
         self.ended = False  # the terminal event was emitted
         self._ended_event: asyncio.Event | None = None  # made only when someone waits for it
-        self._drain_deadline: asyncio.Timeout | None = None
+        self._drain_deadline: Reschedulable | None = None  # the turn's timer, while it drains
         self.observer: TurnObserver | None = None  # the console's feed, while someone watches
 
     def __repr__(self) -> str:
@@ -81,7 +87,7 @@ class Turn:
     def emit(self, event: Event) -> None:
         if self.observer is not None:
             self.observer.turn_event(self, event)
-        self._events.append(event)
+        self.backlog.append(event)
         waiter = self._has_events
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -126,7 +132,7 @@ class Turn:
 
     async def events(self) -> AsyncIterator[Event]:
         """The turn's events up to and including its terminal one."""
-        events = self._events
+        events = self.backlog
         while True:
             while not events:
                 self._has_events = asyncio.get_running_loop().create_future()
@@ -145,7 +151,7 @@ class Turn:
 
     async def room(self) -> None:
         """Until the consumer has caught up, when the turn holds too many events for it."""
-        if len(self._events) >= MAX_BACKLOG:
+        if len(self.backlog) >= MAX_BACKLOG:
             self._room.clear()
             await self._room.wait()
 
@@ -158,5 +164,5 @@ class Turn:
 
     async def wait(self) -> None:
         """Until the turn task has ended (transcript saved, lease released)."""
-        if self.task is not None:
+        if self.task is not None and not self.task.done():
             await asyncio.wait([self.task])

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -45,7 +46,7 @@ from .settings import Settings
 from .stages import StageTable
 from .store import Store, TurnRecord
 from .store.lease import InstanceLeases, SessionLease
-from .turn import Turn, TurnObserver, TurnRequest
+from .turn import MAX_BACKLOG, Turn, TurnObserver, TurnRequest
 from .upstream.base import (
     END_OF_SPEECH,
     Upstream,
@@ -88,7 +89,7 @@ class TurnEngine:
         self.metrics = metrics or Metrics()
         self._running: dict[str, Turn] = {}
         self.observer: TurnObserver | None = None  # set by the console's feed while someone watches
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Turn] = {}
         self._codes = re.compile(settings.stage_code_pattern)
         self.leases = InstanceLeases(store, settings.lease_ttl)
         store.on_cancel(self._on_remote_cancel)
@@ -109,22 +110,21 @@ class TurnEngine:
         if self.observer is not None:
             turn.observer = self.observer
             self.observer.turn_started(turn)
-        turn.task = asyncio.create_task(self._run(turn, prior), name=f"turn-{turn.id}")
-        self._tasks.add(turn.task)
-        turn.task.add_done_callback(self._tasks.discard)
-        turn.task.add_done_callback(lambda _: self._never_ran(turn))
+        turn.task = task = asyncio.create_task(self._run(turn, prior), name=f"turn-{turn.id}")
+        self._tasks[task] = turn
+        task.add_done_callback(self._task_done)
         self.metrics.running_turns.inc()
         return turn
 
-    def _never_ran(self, turn: Turn) -> None:
-        """The task was cancelled from outside before its first step (loop shutdown): its body,
-        which ends every turn, never ran, so end the turn here."""
-        if turn.started:
-            return
-        if self._running.get(turn.session_id) is turn:
-            del self._running[turn.session_id]
-        self.metrics.running_turns.dec()
-        turn.emit(Done("cancelled"))
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        turn = self._tasks.pop(task)
+        if not turn.started:
+            # Cancelled from outside before its first step (loop shutdown): its body, which
+            # ends every turn, never ran, so end the turn here.
+            if self._running.get(turn.session_id) is turn:
+                del self._running[turn.session_id]
+            self.metrics.running_turns.dec()
+            turn.emit(Done("cancelled"))
 
     @asynccontextmanager
     async def turn(self, request: TurnRequest) -> AsyncIterator[Turn]:
@@ -187,10 +187,17 @@ class TurnEngine:
             received_at=time.time(),
         )
         reply = progress.reply = ReplyPipeline(turn.emit, self.stages, turn.request.segment, self._codes)
+        s = self.settings
+        # The turn's one timer. Its callback holds the turn and its progress, never the other way
+        # round (no reference cycle): the deadline is passed along instead.
+        deadline = TurnDeadline(
+            s.first_token_timeout, s.idle_timeout, s.turn_timeout, partial(self._deadline_expired, turn, progress)
+        )
         try:
-            status, error = await self._converse(turn, prior, progress, record)
+            status, error = await self._converse(turn, prior, progress, record, deadline)
             # From here on nothing cancels this task (see Turn.cancel), so every step below runs.
             turn.phase = "finishing"
+            deadline.stop()
             reply.close()
             chunks = progress.chunks
             if status != "completed" and chunks is not None:
@@ -198,23 +205,24 @@ class TurnEngine:
             await self._finish(turn, record, progress, reply, status, error)
             if status == "completed" and chunks is not None and not turn.cancel_requested:
                 turn.phase = "draining"
-                await self._drain(turn, chunks)
+                await self._drain(turn, chunks, deadline)
         except Exception:
             log.exception("turn_finish_failed", session_id=turn.session_id, turn_id=turn.id)
         finally:
+            deadline.stop()
             reply.close()
             if not turn.ended:  # whatever went wrong above, the consumer must not wait forever
                 turn.emit(Error(CallagentError("internal error")))
             await self._release(turn, progress)
 
     async def _converse(
-        self, turn: Turn, prior: Turn | None, progress: _Progress, record: TurnRecord
+        self, turn: Turn, prior: Turn | None, progress: _Progress, record: TurnRecord, deadline: TurnDeadline
     ) -> tuple[str, CallagentError | None]:
         """Wait for the session, run the upstream, relay its reply: (status, error)."""
         try:
             if turn.cancel_requested:  # stopped before its task ran
                 return "cancelled", None
-            if prior is not None:
+            if prior is not None and not prior.done:
                 await prior.wait()
             progress.lease = await self.leases.take(
                 turn.session_id,
@@ -224,21 +232,16 @@ class TurnEngine:
                 lost=lambda: self._superseded(turn),
                 failed=turn.fail,
             )
-            s, loop = self.settings, asyncio.get_running_loop()
             # The turn's deadlines count from here: the store reads below are part of them.
-            deadline = TurnDeadline(loop.time(), s.first_token_timeout, s.idle_timeout, s.turn_timeout)
-            try:
-                async with asyncio.timeout_at(deadline.first_token_at):
-                    upstream_turn = await self._upstream_turn(turn)
-            except TimeoutError:
-                raise StoreUnavailable(f"the session store did not answer within {s.first_token_timeout:g}s") from None
+            deadline.start(asyncio.get_running_loop().time())
+            upstream_turn = await self._upstream_turn(turn)
             record.upstream_records = [upstream_turn.human_record_id, upstream_turn.ai_record_id]
             progress.chunks = self.upstream.stream(upstream_turn)
             await self._relay(turn, progress, upstream_turn.variables, deadline)
         except asyncio.CancelledError:
-            # Only Turn.cancel(), Turn.fail() and engine shutdown cancel this task; they want
-            # Done(cancelled) or the failure, so the cancellation is consumed here and the rest
-            # of the turn runs normally.
+            # Only Turn.cancel(), Turn.fail() (a deadline fails the turn too) and engine shutdown
+            # cancel this task; they want Done(cancelled) or the failure, so the cancellation is
+            # consumed here and the rest of the turn runs normally.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             if turn.failure is not None:
                 return "failed", turn.failure
@@ -249,6 +252,24 @@ class TurnEngine:
             log.exception("turn_crashed", session_id=turn.session_id, turn_id=turn.id)
             return "failed", CallagentError(f"internal error: {type(e).__name__}")
         return "completed", None
+
+    def _deadline_expired(self, turn: Turn, progress: _Progress, deadline: TurnDeadline) -> None:
+        """The turn's timer fired: a running turn fails (why: which deadline, and where it
+        stood); a draining one stops reading the upstream."""
+        if turn.phase == "draining":
+            if turn.task is not None:
+                turn.task.cancel()
+            return
+        if progress.chunks is None:
+            error: CallagentError = StoreUnavailable(
+                f"the session store did not answer within {self.settings.first_token_timeout:g}s"
+            )
+        else:
+            reply = progress.reply
+            first_text = reply is not None and reply.first_text is not None
+            why = deadline.explain(asyncio.get_running_loop().time(), progress.first_byte is not None, first_text)
+            error = UpstreamTimeout(why)
+        turn.fail(error)
 
     async def _upstream_turn(self, turn: Turn) -> UpstreamTurn:
         """The utterance as the upstream sees it: with the session's variables, and its earlier
@@ -268,28 +289,24 @@ class TurnEngine:
         loop = asyncio.get_running_loop()
         reply, chunks = progress.reply, progress.chunks
         assert reply is not None and chunks is not None
-        try:
-            async with deadline.armed():
-                async for chunk in chunks:
-                    now = loop.time()
-                    if progress.first_byte is None and not isinstance(chunk, UpstreamRecords):
-                        progress.first_byte = perf_counter()
-                    if isinstance(chunk, str):
-                        reply.feed(chunk)
-                        await turn.room()
-                    elif chunk is END_OF_SPEECH:
-                        break
-                    elif isinstance(chunk, VariablesUpdate):
-                        for key, value in chunk.items():
-                            if variables.get(key) != value:
-                                progress.variables[key] = value
-                    elif isinstance(chunk, UpstreamRecords):
-                        progress.records = list(chunk)
-                    if reply.first_text is not None:
-                        deadline.alive(now)
-        except TimeoutError:
-            why = deadline.explain(loop.time(), progress.first_byte is not None, reply.first_text is not None)
-            raise UpstreamTimeout(why) from None
+        backlog = turn.backlog
+        async for chunk in chunks:
+            if progress.first_byte is None and not isinstance(chunk, UpstreamRecords):
+                progress.first_byte = perf_counter()
+            if isinstance(chunk, str):
+                reply.feed(chunk)
+                if len(backlog) >= MAX_BACKLOG:
+                    await turn.room()
+            elif chunk is END_OF_SPEECH:
+                break
+            elif isinstance(chunk, VariablesUpdate):
+                for key, value in chunk.items():
+                    if variables.get(key) != value:
+                        progress.variables[key] = value
+            elif isinstance(chunk, UpstreamRecords):
+                progress.records = list(chunk)
+            if reply.first_text is not None:
+                deadline.alive(loop.time())
         reply.finish()
 
     async def _finish(
@@ -337,19 +354,26 @@ class TurnEngine:
         except CallagentError as e:
             log.warning("interrupted_records_not_deleted", session_id=turn.session_id, turn_id=turn.id, error=e.msg)
 
-    async def _drain(self, turn: Turn, chunks: AsyncGenerator[UpstreamChunk, None]) -> None:
-        """Read the rest of a finished reply (the upstream saves the chat meanwhile).
+    async def _drain(self, turn: Turn, chunks: AsyncGenerator[UpstreamChunk, None], deadline: TurnDeadline) -> None:
+        """Read the rest of a finished reply (the upstream saves the chat meanwhile), for
+        ``DRAIN_TIMEOUT`` at most, on the turn's own timer.
 
         A new turn of the session waits for it; its cancel brings the deadline to DRAIN_WAIT away.
         """
+        deadline.reschedule(asyncio.get_running_loop().time() + DRAIN_TIMEOUT)
+        turn._drain_deadline = deadline
         try:
-            async with asyncio.timeout(DRAIN_TIMEOUT) as turn._drain_deadline:
-                async for _ in chunks:
-                    pass
-        except (TimeoutError, CallagentError):
+            async for _ in chunks:
+                pass
+        except CallagentError:
             pass
+        except asyncio.CancelledError:
+            if not deadline.fired:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
             turn._drain_deadline = None
+            deadline.stop()
 
     async def _release(self, turn: Turn, progress: _Progress) -> None:
         """Give back what the turn holds: the upstream response, the session lease, its slot."""

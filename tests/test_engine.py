@@ -139,9 +139,32 @@ async def test_pipeline_strips_tags_and_cuts_clauses_with_a_flush_timer() -> Non
     assert pipeline.stage == "1002" and pipeline.first_text is not None
 
 
-def test_deadline_says_which_deadline_fired() -> None:
-    deadline = TurnDeadline(100.0, first_token=10, idle=15, turn=120)
+async def test_deadline_says_which_deadline_fired() -> None:
+    deadline = TurnDeadline(first_token=10, idle=15, turn=120, expired=lambda _: None)
+    deadline.start(100.0)
+    assert deadline.when() == 110.0
+    deadline.stop()
     assert deadline.explain(110, first_byte=False, first_text=False).startswith("no answer")
     assert deadline.explain(110, first_byte=True, first_text=False).startswith("no text")
     assert deadline.explain(130, first_byte=True, first_text=True).startswith("the upstream went silent")
     assert deadline.explain(220, first_byte=True, first_text=True).startswith("the turn took longer")
+
+
+async def test_deadline_is_one_timer_moved_by_text() -> None:
+    fired: list[float] = []
+    loop = asyncio.get_running_loop()
+    deadline = TurnDeadline(first_token=0.05, idle=0.2, turn=10, expired=lambda d: fired.append(loop.time()))
+    started = loop.time()
+    deadline.start(started)
+    deadline.alive(started + 0.01)  # text flows: the idle deadline replaces the first-token one
+    assert deadline.when() == pytest.approx(started + 0.21)
+    await asyncio.sleep(0.1)
+    assert not fired  # the first-token deadline no longer holds
+    while not fired:
+        await asyncio.sleep(0.01)
+    assert deadline.fired and fired[0] >= started + 0.2 - deadline._slack
+    deadline.reschedule(loop.time() + 0.01)  # reused (the drain): armed again, not fired yet
+    assert not deadline.fired
+    deadline.stop()
+    await asyncio.sleep(0.03)
+    assert len(fired) == 1 and deadline.when() is None
