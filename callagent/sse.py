@@ -106,7 +106,8 @@ async def read_events(response: aiohttp.ClientResponse, max_line: int = MAX_LINE
     each client maps them to its own errors at its edge.
     """
     parser = SSEParser(max_line)
-    async for block in response.content.iter_any():
+    content = response.content
+    while block := await content.readany():  # b"" only at the end of the body
         for event in parser.feed(block):
             yield event
     for event in parser.finish():

@@ -26,9 +26,9 @@ that are not turns (variables, undo, delete) live in ``commands``.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -403,15 +403,15 @@ class TurnEngine:
         latency: dict[str, Any],
     ) -> None:
         m = self.metrics
-        m.turns.labels(turn.request.transport, status).inc()
+        m.turns_by(turn.request.transport, status).inc()
         stage = reply.stage
         if stage:
             # A label per code the workflow invents would grow the metrics without bound.
-            m.stage_codes.labels(stage if stage in self.stages else "other").inc()
+            m.stage_codes_by(stage if stage in self.stages else "other").inc()
         if error is not None:
-            m.turn_errors.labels(error.type).inc()
+            m.turn_errors_by(error.type).inc()
             if isinstance(error, UpstreamError):
-                m.upstream_errors.labels(error.type).inc()
+                m.upstream_errors_by(error.type).inc()
         if progress.first_byte is not None:
             m.upstream_first_byte.observe(progress.first_byte - progress.clock_start)
         if reply.first_text is not None:
@@ -443,4 +443,4 @@ def _latency(progress: _Progress, reply: ReplyPipeline, now: float) -> dict[str,
 
 
 def new_turn_id() -> str:
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()

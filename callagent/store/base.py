@@ -49,7 +49,25 @@ class TurnRecord:
         return orjson.dumps(self)  # orjson encodes dataclasses natively, far faster than asdict
 
     def copy(self) -> TurnRecord:
-        return TurnRecord.from_dict(orjson.loads(self.to_json()))
+        """A copy that shares nothing mutable with this one (what a store keeps)."""
+        before = self.variables_before
+        return TurnRecord(
+            self.session_id,
+            self.turn_id,
+            self.caller_text,
+            self.time_stamp,
+            self.transport,
+            self.reply_text,
+            self.spoken_text,
+            list(self.stage_codes),
+            self.status,
+            self.error_type,
+            list(self.upstream_records),
+            orjson.loads(orjson.dumps(before)) if before else {},  # values may be nested JSON
+            self.received_at,
+            dict(self.timings),
+            self.deleted,
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TurnRecord:

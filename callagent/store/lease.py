@@ -29,6 +29,7 @@ import structlog
 
 from ..errors import CallagentError, SessionBusy
 from .base import Store
+from .local import ProcessLocalLeases
 
 log = structlog.get_logger(component="callagent.lease")
 
@@ -186,10 +187,15 @@ class InstanceLeases:
         return lease
 
     def give_back(self, lease: SessionLease) -> None:
-        """Release in the background: the session's next turn takes the lease over meanwhile."""
+        """Release in the background: the session's next turn takes the lease over meanwhile.
+        A lease of this process's own store goes at once: there is nothing to wait for."""
         if not lease.held:
             return
         self._heartbeat.discard(lease)
+        if isinstance(self.store, ProcessLocalLeases):
+            lease.held = False
+            self.store.release_lease_now(lease.session_id, lease.owner)
+            return
         now = asyncio.get_running_loop().time()
         if len(self._releasing) >= PRUNE_AT:  # releases lost in a long store outage: forget old ones
             self._releasing = {sid: held for sid, held in self._releasing.items() if held[1] > now}

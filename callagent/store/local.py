@@ -34,10 +34,13 @@ class ProcessLocalLeases:
         return [await self.renew_lease(session_id, owner, ttl) for session_id, owner in leases]
 
     async def release_lease(self, session_id: str, owner: str) -> bool:
+        self.release_lease_now(session_id, owner)
+        return True
+
+    def release_lease_now(self, session_id: str, owner: str) -> None:
         held = self._leases.get(session_id)
         if held and held[0] == owner:
             del self._leases[session_id]
-        return True
 
     async def lease_owner(self, session_id: str) -> str | None:
         held = self._leases.get(session_id)

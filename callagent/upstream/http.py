@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 
 from ..errors import UpstreamProtocol, UpstreamTimeout, UpstreamUnavailable
-from ..sse import SSEError, SSEEvent, read_events
+from ..sse import SSEError, SSEEvent, SSEParser
 
 SMALL_BODY = 64 * 1024
 """The most of a non-stream body (an error or a JSON answer) a client reads."""
@@ -96,14 +96,25 @@ async def read_small(response: aiohttp.ClientResponse, limit: int = SMALL_BODY) 
 
 
 async def sse_events(response: aiohttp.ClientResponse, peer: Peer) -> AsyncIterator[SSEEvent]:
-    """The response's SSE events; a broken stream or connection is ``UpstreamProtocol``."""
-    try:
-        async for event in read_events(response):
+    """The response's SSE events; a broken stream or connection is ``UpstreamProtocol``.
+
+    ``callagent.sse.read_events`` with the errors mapped, in one generator: every upstream
+    chunk of every turn passes through here.
+    """
+    parser = SSEParser()
+    content = response.content
+    while True:
+        try:
+            block = await content.readany()  # b"" only at the end of the body
+            events = parser.feed(block) if block else parser.finish()
+        except SSEError as e:
+            raise UpstreamProtocol(f"{peer.name} sent a broken stream: {e}") from None
+        except (aiohttp.ClientError, ConnectionError) as e:
+            raise UpstreamProtocol(f"{peer.name} connection broke mid-stream: {type(e).__name__}") from None
+        for event in events:
             yield event
-    except SSEError as e:
-        raise UpstreamProtocol(f"{peer.name} sent a broken stream: {e}") from None
-    except (aiohttp.ClientError, ConnectionError) as e:
-        raise UpstreamProtocol(f"{peer.name} connection broke mid-stream: {type(e).__name__}") from None
+        if not block:
+            return
 
 
 def frame_json(data: bytes, peer: Peer) -> Any:

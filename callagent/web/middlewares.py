@@ -9,8 +9,8 @@ path keeps callagent's own format and the ``Bearer`` scheme.
 from __future__ import annotations
 
 import hmac
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -66,7 +66,7 @@ untrusted bytes: anything else would break every log line of the request)."""
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get("X-Request-Id", "")[:64]
-    request_id = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex[:16]
+    request_id = given if _REQUEST_ID_RE.fullmatch(given) else os.urandom(8).hex()
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)

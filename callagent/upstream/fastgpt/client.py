@@ -24,7 +24,6 @@ import asyncio
 import itertools
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -142,13 +141,45 @@ class FastGPTClient:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + BUSY_RETRY_FOR
         for attempt in itertools.count():
-            started = False
+            # One completions call, read up to [DONE], in this one generator (every chunk of
+            # every turn passes through it); a 504001 before any chunk is tried again.
+            started = ended = asked = False
             try:
-                async with aclosing(self._run(turn, body, question)) as chunks:
-                    async for chunk in chunks:
-                        started = True
-                        yield chunk
-                return
+                response = await self._post_completions(body)
+                async with response:
+                    if response.status != 200:
+                        raise error_from_body(response.status, await read_small(response))
+                    if "text/event-stream" not in response.headers.get("Content-Type", ""):
+                        raise error_from_body(200, await read_small(response))
+                    try:
+                        async for event, data in sse_events(response, _PEER):
+                            if ended:  # FastGPT's bookkeeping after the end of speech
+                                if data == b"[DONE]":
+                                    return
+                                continue
+                            if data == b"[DONE]" or event == b"workflowDuration" or _is_stop_chunk(event, data):
+                                ended = True
+                                if question is not None and not asked:
+                                    yield VariablesUpdate({INTERACTIVE_KEY: None})  # the question was answered
+                                yield END_OF_SPEECH
+                                if data == b"[DONE]":
+                                    return
+                            elif event == b"interactive":
+                                asked_now = interactive.question_of(frame_json(data, _PEER))
+                                asked = started = True
+                                yield VariablesUpdate({INTERACTIVE_KEY: asked_now})
+                                yield interactive.speech(asked_now)
+                            else:
+                                chunk = _chunk_of(event, data)
+                                started = True
+                                yield chunk
+                    except (GeneratorExit, asyncio.CancelledError):
+                        if not ended:
+                            self._unsaved.add(turn.human_record_id, turn.ai_record_id)
+                        raise
+                    if not ended:
+                        raise UpstreamProtocol("FastGPT closed the stream before [DONE]")
+                    return
             except UpstreamBusy:
                 if started or loop.time() >= give_up:
                     raise
@@ -156,43 +187,6 @@ class FastGPTClient:
                 log.info("fastgpt_chat_is_generating", session_id=turn.session_id, turn_id=turn.turn_id)
                 await self._stop(turn.session_id)
             await asyncio.sleep(BUSY_BACKOFF[min(attempt, len(BUSY_BACKOFF) - 1)])
-
-    async def _run(
-        self, turn: UpstreamTurn, body: bytes, question: dict[str, Any] | None
-    ) -> AsyncGenerator[UpstreamChunk, None]:
-        """One completions call, read up to ``[DONE]``."""
-        response = await self._post_completions(body)
-        async with response:
-            if response.status != 200:
-                raise error_from_body(response.status, await read_small(response))
-            if "text/event-stream" not in response.headers.get("Content-Type", ""):
-                raise error_from_body(200, await read_small(response))
-            ended = asked = False
-            try:
-                async for event, data in sse_events(response, _PEER):
-                    if data == b"[DONE]" or event == b"workflowDuration" or _is_stop_chunk(event, data):
-                        if not ended:
-                            ended = True
-                            if question is not None and not asked:
-                                yield VariablesUpdate({INTERACTIVE_KEY: None})  # the question was answered
-                            yield END_OF_SPEECH
-                        if data == b"[DONE]":
-                            return
-                    elif ended:
-                        continue  # FastGPT's bookkeeping after the end of speech
-                    elif event == b"interactive":
-                        asked_now = interactive.question_of(frame_json(data, _PEER))
-                        asked = True
-                        yield VariablesUpdate({INTERACTIVE_KEY: asked_now})
-                        yield interactive.speech(asked_now)
-                    else:
-                        yield _chunk_of(event, data)
-            except (GeneratorExit, asyncio.CancelledError):
-                if not ended:
-                    self._unsaved.add(turn.human_record_id, turn.ai_record_id)
-                raise
-            if not ended:
-                raise UpstreamProtocol("FastGPT closed the stream before [DONE]")
 
     async def _post_completions(self, body: bytes) -> aiohttp.ClientResponse:
         headers = {**self._headers, "Content-Type": "application/json"}
