@@ -6,7 +6,7 @@ Transports differ only in encoding:
 Errors travel as objects (``Error.error`` is the ``CallagentError``) and each wire format has
 one encoder: the HTTP body (``CallagentError.body``), the SSE ``error`` event, ``ws_error``.
 
-- SSE (``sse_frame``): ``event: <name>\\n`` + one ``data: <json>\\n`` + blank line, LF only,
+- SSE (``SSEFrames``): ``event: <name>\\n`` + one ``data: <json>\\n`` + blank line, LF only,
   no ``id:``/``retry:`` lines; the byte layout the original service produced.
 - WebSocket (``ws_message``): one JSON object with ``type`` = the event name.
 - JSON ``/chat`` (``FoldedReply``): the whole turn folded into one reply.
@@ -78,11 +78,26 @@ def dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
-def sse_frame(event: Event, turn_id: str, seq: int) -> bytes:
-    data = event.fields()
-    data["turnId"] = turn_id
-    data["seq"] = seq
-    return b"event: %s\ndata: %s\n\n" % (event.event.encode(), orjson.dumps(data))
+class SSEFrames:
+    """The SSE frames of one turn: what every frame shares (the event names, the turn id) is
+    encoded once, and a text delta, the frame sent most, is put together from bytes."""
+
+    __slots__ = ("_tail", "turn_id")
+
+    def __init__(self, turn_id: str) -> None:
+        self.turn_id = turn_id
+        self._tail = b',"turnId":' + orjson.dumps(turn_id) + b',"seq":'
+
+    def frame(self, event: Event, seq: int) -> bytes:
+        if type(event) is TextDelta:
+            return b'event: text_delta\ndata: {"text":%s%s%d}\n\n' % (orjson.dumps(event.text), self._tail, seq)
+        data = event.fields()
+        data["turnId"] = self.turn_id
+        data["seq"] = seq
+        return _SSE_EVENT[type(event)] + orjson.dumps(data) + b"\n\n"
+
+
+_SSE_EVENT = {kind: b"event: %s\ndata: " % kind.event.encode() for kind in (StageCode, TextDelta, Done, Error)}
 
 
 def ws_message(event: Event, turn_id: str, seq: int) -> dict[str, Any]:

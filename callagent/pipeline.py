@@ -129,22 +129,26 @@ class ReplyPipeline:
 
 
 class TurnDeadline:
-    """The turn's one timer: a loop timer handle at the nearest of the first-token deadline
-    (until the first text), the idle deadline (after it) and the turn deadline, moved forward
-    by ``alive(now)`` as text arrives. When it fires it calls ``expired(self)``; ``explain(now)``
-    says which deadline that was. After the reply the engine reuses it for the drain
-    (``reschedule``): one timer handle per turn, whatever the turn goes through.
+    """The turn's one timer: a loop timer handle for the nearest of the first-token deadline
+    (until the first text), the idle deadline (after it) and the turn deadline. When it expires
+    it calls ``expired(self)``; ``explain(now)`` says which deadline that was. After the reply
+    the engine reuses it for the drain (``reschedule``): one timer handle per turn.
+
+    Text moving the idle deadline forward (``alive``) only notes the time: a timer that comes
+    due early finds the deadline moved and waits again, so a streaming reply, whatever its
+    chunk rate, never moves the timer.
     """
 
     __slots__ = (
+        "_armed_at",
         "_expired",
         "_first_token",
         "_handle",
         "_idle",
+        "_last_alive",
         "_loop",
-        "_scheduled",
-        "_slack",
         "_turn",
+        "_until",
         "end",
         "fired",
         "first_token_at",
@@ -155,11 +159,10 @@ class TurnDeadline:
         self._expired = expired
         self._loop = asyncio.get_running_loop()
         self.end = self.first_token_at = float("inf")
-        self._scheduled: float | None = None
-        # Moving the timer on every chunk is a measurable cost at high chunk rates; the idle
-        # deadline may so fire up to this much early, never late.
-        self._slack = min(0.5, idle / 10)
+        self._until: float | None = None  # the deadline while no text flows; None: stopped
+        self._last_alive: float | None = None  # the last sign of life after the first text
         self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = float("inf")
         self.fired = False
 
     def start(self, now: float) -> None:
@@ -170,26 +173,52 @@ class TurnDeadline:
 
     def alive(self, now: float) -> None:
         """The upstream sent something after the reply's first text: the idle deadline restarts."""
-        scheduled = self._scheduled
-        if scheduled is not None and scheduled < self.end and now + self._idle - scheduled > self._slack:
-            self.reschedule(min(now + self._idle, self.end))
+        self._last_alive = now
+        if now + self._idle < self._armed_at:  # an idle deadline shorter than the first-token one
+            self._arm(now + self._idle)
+
+    def due(self) -> float | None:
+        """When the deadline expires as things stand; None: stopped."""
+        if self._until is None:
+            return None
+        if self._last_alive is None:
+            return self._until
+        return min(self._last_alive + self._idle, self.end)
 
     def when(self) -> float | None:
-        return self._scheduled
+        return self.due()
 
     def reschedule(self, when: float | None) -> None:
-        """Fire at ``when`` (loop time) instead; None: not at all."""
-        if self._handle is not None:
-            self._handle.cancel()
-        self._scheduled = when
+        """Expire at ``when`` (loop time) instead, text or not; None: not at all."""
+        self._until = when
+        self._last_alive = None
         self.fired = False
-        self._handle = None if when is None else self._loop.call_at(when, self._fire)
+        if when is None:
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
+                self._armed_at = float("inf")
+        elif when != self._armed_at:
+            self._arm(when)
 
     def stop(self) -> None:
         self.reschedule(None)
 
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = when
+        self._handle = self._loop.call_at(when, self._fire)
+
     def _fire(self) -> None:
         self._handle = None
+        self._armed_at = float("inf")
+        due = self.due()
+        if due is None:
+            return
+        if due > self._loop.time():  # moved by text since the timer was set
+            self._arm(due)
+            return
         self.fired = True
         self._expired(self)
 

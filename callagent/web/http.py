@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from ..events import FoldedReply, dumps, sse_frame
+from ..events import FoldedReply, SSEFrames, dumps
 from ..turns import TurnRequest
 from . import validation as v
 from .keys import COMMANDS, METRICS, SETTINGS, STORE, UPSTREAM
@@ -99,10 +99,10 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
         )
         await stream.open()
         try:
-            seq = 0
+            frames, seq = SSEFrames(turn.id), 0
             async for event in turn.events():
                 seq += 1
-                await stream.write(sse_frame(event, turn.id, seq))
+                await stream.write(frames.frame(event, seq))
         except (ConnectionResetError, RuntimeError):
             pass  # the gateway went away; leaving the block cancels the turn
         except TimeoutError:

@@ -2,10 +2,11 @@
 
 ``/chat?stream=true`` and the OpenAI-compatible route write their own frames through an
 ``EventStream``; it owns what the two have in common: the headers, the socket option that
-notices a half-open gateway, and one timer task per stream (``run``) that sends the keep-alive
-``: ping`` and judges the gateway by time. A gateway that leaves what it is sent unread for
-``send_timeout`` seconds (a write waits that long, or bytes wait that long in the connection's
-buffer while the stream is quiet) is dropped, with one ``slow_event`` warning.
+notices a half-open gateway, and one timer per stream (a loop timer, not a task: most replies
+end before it is due) that sends the keep-alive ``: ping`` and judges the gateway by time. A
+gateway that leaves what it is sent unread for ``send_timeout`` seconds (a write waits that
+long, or bytes wait that long in the connection's buffer while the stream is quiet) is
+dropped, with one ``slow_event`` warning.
 
 A write is timed only when the transport is already paused: a write to an unpaused one returns
 at once (aiohttp waits only when its buffer is past 64 KiB and the transport paused). A gateway
@@ -51,13 +52,22 @@ class EventStream:
         self.slow_event = slow_event
         self.log_fields = log_fields
         self.dropped = False
-        self._keeper: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._pinging: asyncio.Task[None] | None = None
+        self._next_look = self._next_ping = 0.0
+        self._unread_since: float | None = None
+        self._open = False
 
     async def open(self) -> None:
         await self.response.prepare(self.request)
+        self._open = True
         self.request.app[METRICS].open_streams.inc()
         drop_half_open(self.request, self.send_timeout)
-        self._keeper = asyncio.create_task(self.run(), name="sse-keeper")
+        now = self._loop.time()
+        self._next_look = now + self.send_timeout / 4  # a periodic look, not a wait for something
+        self._next_ping = now + self.ping_interval
+        self._timer = self._loop.call_at(min(self._next_look, self._next_ping), self._tick)
 
     async def write(self, data: bytes) -> None:
         """One whole frame; ``TimeoutError`` when a paused gateway does not read it in time."""
@@ -76,41 +86,48 @@ class EventStream:
             self.request.transport.abort()
 
     async def close(self) -> None:
-        if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
-            self._keeper = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pinging is not None:
+            self._pinging.cancel()
+            await asyncio.gather(self._pinging, return_exceptions=True)
+            self._pinging = None
+        if self._open:
+            self._open = False
             self.request.app[METRICS].open_streams.dec()
 
-    async def run(self) -> None:
-        """The stream's one timer task: pings, and a look at the connection's buffer."""
-        loop = asyncio.get_running_loop()
-        look_every = self.send_timeout / 4  # a periodic look, not a wait for something
-        next_look, next_ping = loop.time() + look_every, loop.time() + self.ping_interval
-        unread_since: float | None = None
-        while not self.dropped:
-            await asyncio.sleep(min(next_look, next_ping) - loop.time())
-            transport = self.request.transport
-            if transport is None or transport.is_closing():
+    def _tick(self) -> None:
+        """The stream's one timer (no task: most replies end before it is due): a look at the
+        connection's buffer, and the keep-alive ping, written by a short task when it is due."""
+        self._timer = None
+        transport = self.request.transport
+        if self.dropped or transport is None or transport.is_closing():
+            return
+        now = self._loop.time()
+        if now >= self._next_look:
+            self._next_look = now + self.send_timeout / 4
+            if transport.get_write_buffer_size() == 0:  # the kernel took everything: it is read
+                self._unread_since = None
+            elif self._unread_since is None:
+                self._unread_since = now
+            elif now - self._unread_since >= self.send_timeout:
+                self.drop()
                 return
-            now = loop.time()
-            if now >= next_look:
-                next_look = now + look_every
-                if transport.get_write_buffer_size() == 0:  # the kernel took everything: it is read
-                    unread_since = None
-                elif unread_since is None:
-                    unread_since = now
-                elif now - unread_since >= self.send_timeout:
-                    self.drop()
-            if now >= next_ping and not self.dropped:
-                next_ping = now + self.ping_interval
-                try:
-                    async with asyncio.timeout(self.send_timeout):
-                        await self.response.write(PING)
-                except TimeoutError:
-                    self.drop()
-                except (ConnectionResetError, RuntimeError):
-                    return  # the gateway went away, or the stream has ended
+        if now >= self._next_ping:
+            self._next_ping = now + self.ping_interval
+            if self._pinging is None or self._pinging.done():
+                self._pinging = asyncio.create_task(self._ping(), name="sse-ping")
+        self._timer = self._loop.call_at(min(self._next_look, self._next_ping), self._tick)
+
+    async def _ping(self) -> None:
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await self.response.write(PING)
+        except TimeoutError:
+            self.drop()
+        except (ConnectionResetError, RuntimeError):
+            pass  # the gateway went away, or the stream has ended
 
 
 def drop_half_open(request: web.Request, send_timeout: float) -> None:

@@ -35,8 +35,11 @@ async def json_body(request: web.Request, read_timeout: float) -> dict[str, Any]
     if encoding not in ("", "identity", *_WBITS):
         raise UnsupportedEncoding("Content-Encoding: only gzip and deflate are accepted")
     try:
-        async with asyncio.timeout(read_timeout):
+        if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(read_timeout):
+                raw = await request.read()
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {read_timeout:g}s") from None
     except web.HTTPRequestEntityTooLarge:
