@@ -181,8 +181,7 @@ class RelaySocket:
             async for event in turn.events():
                 if isinstance(event, TextDelta):
                     if event.text:
-                        self.send(self.text_frame(event.text, last=False))
-                        await self.outbox.room()
+                        await self.outbox.send(self.text_frame(event.text, last=False))
                 elif isinstance(event, StageCode):
                     stage = Stage(event.code, event.name)
                 elif isinstance(event, Error):

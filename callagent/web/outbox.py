@@ -4,8 +4,9 @@
 and counts it, runs the protocol's session on it, and unregisters it, whatever happened.
 
 Every socket protocol callagent serves (``/ws``, ``/conversation-relay``) sends through one of
-these, so frames leave in the order they were queued and nothing but the writer task ever
-writes to the socket.
+these, so frames leave in the order they were queued. A reply's pump ``send``s: when nothing is
+queued and the peer reads, it writes the frame itself (one task switch per event, from the turn
+to the pump); everything else goes through the writer task.
 
 Whoever fills the outbox (a handler answering a burst of requests read in one go, a pump
 relaying a reply that arrived in many chunks at once) calls ``room()`` between steps: at
@@ -73,6 +74,7 @@ class Outbox:
         self.dropped = False
         self._loop = asyncio.get_running_loop()
         self._frames: deque[tuple[float, dict[str, Any]]] = deque()  # (queued at, frame)
+        self._sending_since: float | None = None  # a frame `send` writes itself, while it waits
         self._has_mail = asyncio.Event()
         self._has_room = asyncio.Event()
 
@@ -84,11 +86,30 @@ class Outbox:
         if self.dropped:
             return
         now = self._loop.time()
-        if self._frames and now - self._frames[0][0] > self.send_timeout:
+        oldest = self._frames[0][0] if self._frames else self._sending_since
+        if oldest is not None and now - oldest > self.send_timeout:
             self.drop()
             return
         self._frames.append((now, frame))
         self._has_mail.set()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send one frame from the caller's own task when nothing is queued before it and the
+        peer reads (a reply's events so reach the socket with no task switch on the way out);
+        otherwise queue it behind the others, making room first."""
+        if self._frames or self._sending_since is not None or self.ws.closed or self.request.protocol.writing_paused:
+            self.put(frame)
+            await self.room()
+            return
+        # The frame is written before the send could wait (aiohttp writes, then drains), so
+        # frames queued meanwhile still leave after it.
+        self._sending_since = self._loop.time()
+        try:
+            await self.ws.send_str(orjson.dumps(frame).decode())
+        except ConnectionResetError:
+            pass
+        finally:
+            self._sending_since = None
 
     async def room(self) -> None:
         """Wait while the outbox is full, until the writer drained half of it (bounded by the

@@ -1,7 +1,8 @@
 """``GET /ws``: the telephony gateway's socket. One call per socket, or many multiplexed.
 
-Only the handler task reads the socket. Everything sent goes through one outbox drained by
-one writer task (``outbox.Outbox``): the handler and the pumps make ``room()`` between steps,
+Only the handler task reads the socket. Everything sent goes through one outbox
+(``outbox.Outbox``): a pump writes a reply's messages itself while the socket keeps up, the
+rest is drained by one writer task; the handler and the pumps make ``room()`` between steps,
 so memory stays bounded while a gateway that reads normally loses nothing, and a gateway that
 leaves a message unwritten for ``ws_send_timeout`` is disconnected. Each turn started on the socket gets a
 small pump task that turns its events into messages; the socket owns those tasks and
@@ -104,8 +105,10 @@ class GatewaySocket:
     async def pump(self, turn: Turn) -> None:
         try:
             async for event in turn.events():
-                self.send(ws_message(event, turn.id, 0))
-                await self.outbox.room()
+                message = ws_message(event, turn.id, 0)
+                self.seq += 1
+                message["seq"] = self.seq
+                await self.outbox.send(message)
         finally:
             if not turn.ended:  # the socket closed mid-turn
                 turn.cancel()
