@@ -31,6 +31,11 @@ class SSEEvent(NamedTuple):
     data: bytes
 
 
+_event = tuple.__new__
+"""``SSEEvent(event, data)`` without the Python frame a NamedTuple's constructor adds: one per
+event of every upstream reply."""
+
+
 class SSEError(ValueError):
     """The byte stream is not an event stream a reader can follow (an overlong line)."""
 
@@ -68,7 +73,7 @@ class SSEParser:
         for line in lines:
             if not line:
                 if self._data:
-                    events.append(SSEEvent(self._event, b"\n".join(self._data)))
+                    events.append(_event(SSEEvent, (self._event, b"\n".join(self._data))))
                     self._data = []
                 self._event = None
             elif self._comments and line.startswith(b":"):

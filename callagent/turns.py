@@ -431,14 +431,13 @@ class TurnEngine:
 
 
 def _latency(progress: _Progress, reply: ReplyPipeline, now: float) -> dict[str, float | None]:
-    def ms(at: float | None) -> float | None:
-        return None if at is None else round((at - progress.clock_start) * 1000, 3)
-
+    start = progress.clock_start
+    first_byte, first_text, first_stage = progress.first_byte, reply.first_text, reply.first_stage
     return {
-        "upstream_first_byte_ms": ms(progress.first_byte),
-        "first_text_ms": ms(reply.first_text),
-        "stage_ms": ms(reply.first_stage),
-        "total_ms": ms(now) or 0.0,
+        "upstream_first_byte_ms": None if first_byte is None else round((first_byte - start) * 1000, 3),
+        "first_text_ms": None if first_text is None else round((first_text - start) * 1000, 3),
+        "stage_ms": None if first_stage is None else round((first_stage - start) * 1000, 3),
+        "total_ms": round((now - start) * 1000, 3),
     }
 
 

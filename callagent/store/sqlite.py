@@ -7,8 +7,9 @@ a thousand. Callers still await their own write, which is durable once it return
 ``synchronous=NORMAL``: survives a killed process; a power cut may lose the last commits).
 
 Every operation has a deadline (``timeout``): a stalled disk makes callers fail with
-``StoreUnavailable`` in time instead of hanging them. A write whose caller gave up before
-its batch started is dropped; one already being committed may still land.
+``StoreUnavailable`` in time instead of hanging them. Writes share one watchdog timer, not one
+timer each. A write whose caller gave up before its batch started is dropped; one already
+being committed may still land.
 
 Variables are one row per (session, key), so concurrent writes of different keys never
 overwrite each other. They are cached in memory, since this process is their only writer;
@@ -22,7 +23,7 @@ import asyncio
 import functools
 import sqlite3
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class _Write:
     op: Write
     done: asyncio.Future[None]
     committed: Callable[[], None] | None  # runs on the loop once the write is in the database
+    queued_at: float  # loop time
 
 
 class SQLiteStore(ProcessLocalLeases):
@@ -93,6 +95,10 @@ class SQLiteStore(ProcessLocalLeases):
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="callagent-sqlite")
         self._writes: asyncio.Queue[_Write] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        # Writes not answered yet, oldest first, and the one timer that fails those past the
+        # deadline (a timer per write would cost every turn one).
+        self._unanswered: deque[_Write] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._variables: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -123,6 +129,13 @@ class SQLiteStore(ProcessLocalLeases):
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        while self._unanswered:  # lost with a stalled disk: their callers must not wait on
+            done = self._unanswered.popleft().done
+            if not done.done():
+                done.set_exception(StoreUnavailable("the session store is closed"))
         if self._db:
             db, self._db = self._db, None
             await self._run(db.close)
@@ -157,16 +170,29 @@ class SQLiteStore(ProcessLocalLeases):
             raise StoreUnavailable(f"session store: {e}") from None
 
     async def _write(self, op: Write, committed: Callable[[], None] | None = None) -> None:
+        """Queue a write for the next batch and wait until it is committed. A caller that gives
+        up (cancelled, or failed by the watchdog) drops its write if its batch has not started."""
         if self._db is None:
             raise StoreUnavailable("the session store is closed")
-        done = asyncio.get_running_loop().create_future()
-        self._writes.put_nowait(_Write(op, done, committed))
-        try:
-            async with asyncio.timeout(self.timeout):
-                await asyncio.shield(done)
-        except TimeoutError:
-            done.cancel()  # not started yet: it never will be
-            raise self._stalled() from None
+        loop = asyncio.get_running_loop()
+        write = _Write(op, loop.create_future(), committed, loop.time())
+        self._writes.put_nowait(write)
+        self._unanswered.append(write)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(write.queued_at + self.timeout, self._watch)
+        await write.done
+
+    def _watch(self) -> None:
+        """The writes' one deadline: fail every write unanswered for ``timeout`` seconds."""
+        self._watchdog = None
+        unanswered = self._unanswered
+        now = asyncio.get_running_loop().time()
+        while unanswered and (unanswered[0].done.done() or now - unanswered[0].queued_at >= self.timeout):
+            done = unanswered.popleft().done
+            if not done.done():
+                done.set_exception(self._stalled())
+        if unanswered:
+            self._watchdog = asyncio.get_running_loop().call_at(unanswered[0].queued_at + self.timeout, self._watch)
 
     def _stalled(self) -> StoreUnavailable:
         return StoreUnavailable(f"the session store did not answer within {self.timeout:g}s")
@@ -193,6 +219,8 @@ class SQLiteStore(ProcessLocalLeases):
                         write.done.set_exception(StoreUnavailable(f"session store: {error}"))
             for _ in taken:
                 self._writes.task_done()
+            while self._unanswered and self._unanswered[0].done.done():
+                self._unanswered.popleft()
 
     def _commit(self, ops: list[Write]) -> list[Exception | None]:
         assert self._db is not None
