@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +80,13 @@ class Turn:
         self._ended_event: asyncio.Event | None = None  # made only when someone waits for it
         self._drain_deadline: Reschedulable | None = None  # the turn's timer, while it drains
         self.observer: TurnObserver | None = None  # the console's feed, while someone watches
+        # Delivery (see ``deliver``): the consumer's writer, who is writing right now ("turn":
+        # the turn's task, "consumer": the consumer's), whether the turn's task is producing
+        # events it will write itself, and a write that failed in the turn's task.
+        self._write: Callable[[Event], Awaitable[None]] | None = None
+        self._writing: str | None = None
+        self.producing = False
+        self._write_error: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"Turn({self.id!r}, session={self.session_id!r})"
@@ -88,13 +95,18 @@ class Turn:
         if self.observer is not None:
             self.observer.turn_event(self, event)
         self.backlog.append(event)
-        waiter = self._has_events
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
         if isinstance(event, TERMINAL):
             self.ended = True
             if self._ended_event is not None:
                 self._ended_event.set()
+        elif self._write is not None and (self.producing or self._writing == "turn") and self._write_error is None:
+            return  # the turn's own task writes it (``pass_on``): the consumer sleeps on
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._has_events
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def cancel(self, spoken_text: str | None = None) -> bool:
         """Stop the turn now; ``spoken_text`` is what the caller heard of it.
@@ -130,19 +142,82 @@ class Turn:
     def done(self) -> bool:
         return self.task is not None and self.task.done()
 
+    async def deliver(self, write: Callable[[Event], Awaitable[None]]) -> None:
+        """Write every event with ``write``, up to and including the terminal one.
+
+        While this waits, the turn's own task writes the reply's text and stage codes as it
+        produces them (``pass_on``): no task switch per event between the upstream read and
+        the write. This task writes the rest: the terminal event, and whatever comes while
+        the turn's task cannot (a clause flushed by its timer while the upstream is quiet).
+        A write that fails in the turn's task raises here, in the consumer's. Only one of the
+        two writes at a time, so events leave in order.
+        """
+        self._write = write
+        backlog = self.backlog
+        try:
+            while True:
+                while not backlog and self._write_error is None:
+                    await self._next()
+                if self._write_error is not None:
+                    raise self._write_error
+                if self._writing is not None:  # the turn's task is writing: it takes these too
+                    await self._next()
+                    continue
+                event = backlog.popleft()
+                self._made_room()
+                terminal = isinstance(event, TERMINAL)
+                if terminal or not self.cancel_requested:
+                    self._writing = "consumer"
+                    try:
+                        await write(event)
+                    finally:
+                        self._writing = None
+                if terminal:
+                    return
+        finally:
+            self._write = None
+
+    async def pass_on(self) -> None:
+        """In the turn's task, after producing events: write them now when the consumer waits
+        for them (see ``deliver``); otherwise leave them queued for it, waiting while it holds
+        too many (see MAX_BACKLOG)."""
+        write, backlog = self._write, self.backlog
+        if write is None or self._writing is not None or self._write_error is not None:
+            if len(backlog) >= MAX_BACKLOG:
+                await self.room()
+            return
+        self._writing = "turn"
+        try:
+            while backlog and not isinstance(backlog[0], TERMINAL):
+                event = backlog.popleft()
+                if not self.cancel_requested:
+                    await write(event)
+        except (OSError, RuntimeError, TimeoutError) as e:  # the transport's failures: its consumer decides
+            self._write_error = e
+        finally:
+            self._writing = None
+        if backlog or self._write_error is not None:
+            self._wake()  # what came meanwhile (a terminal event), or the failure, is the consumer's
+
+    async def _next(self) -> None:
+        self._has_events = asyncio.get_running_loop().create_future()
+        try:
+            await self._has_events
+        finally:
+            self._has_events = None
+
+    def _made_room(self) -> None:
+        if len(self.backlog) <= MAX_BACKLOG // 2:
+            self._room.set()
+
     async def events(self) -> AsyncIterator[Event]:
         """The turn's events up to and including its terminal one."""
         events = self.backlog
         while True:
             while not events:
-                self._has_events = asyncio.get_running_loop().create_future()
-                try:
-                    await self._has_events
-                finally:
-                    self._has_events = None
+                await self._next()
             event = events.popleft()
-            if len(events) <= MAX_BACKLOG // 2:
-                self._room.set()
+            self._made_room()
             if isinstance(event, TERMINAL):
                 yield event
                 return

@@ -46,7 +46,7 @@ from .settings import Settings
 from .stages import StageTable
 from .store import Store, TurnRecord
 from .store.lease import InstanceLeases, SessionLease
-from .turn import MAX_BACKLOG, Turn, TurnObserver, TurnRequest
+from .turn import Turn, TurnObserver, TurnRequest
 from .upstream.base import (
     END_OF_SPEECH,
     Upstream,
@@ -289,14 +289,17 @@ class TurnEngine:
         loop = asyncio.get_running_loop()
         reply, chunks = progress.reply, progress.chunks
         assert reply is not None and chunks is not None
-        backlog = turn.backlog
         async for chunk in chunks:
             if progress.first_byte is None and not isinstance(chunk, UpstreamRecords):
                 progress.first_byte = perf_counter()
             if isinstance(chunk, str):
-                reply.feed(chunk)
-                if len(backlog) >= MAX_BACKLOG:
-                    await turn.room()
+                turn.producing = True
+                try:
+                    reply.feed(chunk)
+                finally:
+                    turn.producing = False
+                if turn.backlog:
+                    await turn.pass_on()  # written from this task when its consumer waits for it
             elif chunk is END_OF_SPEECH:
                 break
             elif isinstance(chunk, VariablesUpdate):

@@ -170,3 +170,84 @@ async def test_deadline_is_one_timer_moved_by_text() -> None:
     deadline.stop()
     await asyncio.sleep(0.03)
     assert len(fired) == 1 and deadline.when() is None
+
+
+class PacedUpstream(ScriptedUpstream):
+    """Waits ``delay`` before each piece, as a streaming model does."""
+
+    def __init__(self, pieces: list[str], delay: float) -> None:
+        super().__init__(pieces)
+        self.delay = delay
+
+    async def stream(self, turn: UpstreamTurn) -> AsyncGenerator[UpstreamChunk, None]:
+        for piece in self.pieces:
+            await asyncio.sleep(self.delay)
+            yield piece
+
+
+REPLY = ["<state>1002</state>您好", "，这里是", "交警队。"]
+EXPECTED = [StageCode("1002", "通话中"), TextDelta("您好"), TextDelta("，这里是"), TextDelta("交警队。")]
+
+
+async def test_delivery_writes_the_reply_from_the_turn_task_and_its_end_from_the_consumer() -> None:
+    engine = await engine_with(PacedUpstream(REPLY, delay=0.01))
+    written: list[tuple[Event, asyncio.Task[Any] | None]] = []
+
+    async def write(event: Event) -> None:
+        written.append((event, asyncio.current_task()))
+
+    async with engine.turn(TurnRequest("s1", "喂")) as turn:
+        await turn.deliver(write)
+    assert [event for event, _ in written[:-1]] == EXPECTED
+    assert isinstance(written[-1][0], Done) and written[-1][0].status == "completed"
+    # No task switch per event: the turn's own task wrote the reply; the consumer only its end.
+    assert {task for _, task in written[:-1]} == {turn.task}
+    assert written[-1][1] is not turn.task
+
+
+async def test_delivery_keeps_the_order_when_the_consumer_writes_slower_than_the_turn_produces() -> None:
+    pieces = ["<state>1002</state>", *"您好，这里是交通事故快处中心，请问现场有人受伤吗？"]
+    engine = await engine_with(PacedUpstream(pieces, delay=0.001))
+    written: list[Event] = []
+
+    async def write(event: Event) -> None:
+        await asyncio.sleep(0.004)  # a gateway that reads slowly: the writer waits
+        written.append(event)
+
+    async with engine.turn(TurnRequest("s1", "喂")) as turn:
+        await turn.deliver(write)
+    assert written[0] == StageCode("1002", "通话中")
+    assert "".join(e.text for e in written if isinstance(e, TextDelta)) == "".join(pieces[1:])
+    assert isinstance(written[-1], Done) and sum(isinstance(e, Done | Error) for e in written) == 1
+
+
+async def test_a_write_that_fails_in_the_turn_task_is_raised_to_the_consumer() -> None:
+    engine = await engine_with(PacedUpstream(REPLY, delay=0.01))
+
+    async def write(event: Event) -> None:
+        if isinstance(event, TextDelta):
+            raise ConnectionResetError("the gateway went away")
+
+    with pytest.raises(ConnectionResetError):
+        async with engine.turn(TurnRequest("s1", "喂")) as turn:
+            await turn.deliver(write)
+    await asyncio.wait_for(_until_idle(engine), 5)  # leaving the block cancelled the turn
+    record = await engine.store.last_turn("s1")
+    assert record is not None and record.status == "cancelled"
+    assert await engine.store.lease_owner("s1") is None
+
+
+async def test_a_clause_flushed_by_its_timer_is_written_by_the_consumer() -> None:
+    segment = SegmentOptions(flush_delay=0.01)
+    engine = await engine_with(PacedUpstream(["<state>1002</state>您好，这里是", "交警队。"], delay=0.1))
+    written: list[tuple[Event, asyncio.Task[Any] | None]] = []
+
+    async def write(event: Event) -> None:
+        written.append((event, asyncio.current_task()))
+
+    async with engine.turn(TurnRequest("s1", "喂", segment=segment)) as turn:
+        await turn.deliver(write)
+    texts = [(e.text, task) for e, task in written if isinstance(e, TextDelta)]
+    assert [text for text, _ in texts] == ["您好，这里是", "交警队。"]
+    assert texts[0][1] is not turn.task  # flushed by the timer while the upstream was quiet
+    assert written[0] == (StageCode("1002", "通话中"), turn.task)  # produced with the upstream's piece

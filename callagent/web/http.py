@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from ..events import FoldedReply, SSEFrames, dumps
+from ..events import Event, FoldedReply, SSEFrames, dumps
 from ..turns import TurnRequest
 from . import validation as v
 from .keys import COMMANDS, METRICS, SETTINGS, STORE, UPSTREAM
@@ -99,10 +99,7 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
         )
         await stream.open()
         try:
-            frames, seq = SSEFrames(turn.id), 0
-            async for event in turn.events():
-                seq += 1
-                await stream.write(frames.frame(event, seq))
+            await turn.deliver(SSEWriter(stream, SSEFrames(turn.id)).write)
         except (ConnectionResetError, RuntimeError):
             pass  # the gateway went away; leaving the block cancels the turn
         except TimeoutError:
@@ -110,6 +107,20 @@ async def _chat_sse(request: web.Request, turn_request: TurnRequest) -> web.Stre
         finally:
             await stream.close()
     return stream.response
+
+
+class SSEWriter:
+    """A turn's events as numbered SSE frames on its stream (written by whichever task holds
+    the event: see ``Turn.deliver``)."""
+
+    __slots__ = ("frames", "seq", "stream")
+
+    def __init__(self, stream: EventStream, frames: SSEFrames) -> None:
+        self.stream, self.frames, self.seq = stream, frames, 0
+
+    async def write(self, event: Event) -> None:
+        self.seq += 1
+        await self.stream.write(self.frames.frame(event, self.seq))
 
 
 @routes.post("/cancel")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, ClassVar
 
 from aiohttp import WSMsgType, web
 
 from ..errors import CallagentError, InvalidRequest
-from ..events import ws_error, ws_message
+from ..events import Event, ws_error, ws_message
 from ..turns import Turn, TurnRequest
 from . import validation as v
 from .keys import COMMANDS, SETTINGS
@@ -104,11 +105,7 @@ class GatewaySocket:
 
     async def pump(self, turn: Turn) -> None:
         try:
-            async for event in turn.events():
-                message = ws_message(event, turn.id, 0)
-                self.seq += 1
-                message["seq"] = self.seq
-                await self.outbox.send(message)
+            await turn.deliver(partial(self.send_event, turn.id))
         finally:
             if not turn.ended:  # the socket closed mid-turn
                 turn.cancel()
@@ -175,6 +172,13 @@ class GatewaySocket:
         self.seq += 1
         msg["seq"] = self.seq
         self.outbox.put(msg)
+
+    async def send_event(self, turn_id: str, event: Event) -> None:
+        """One of a turn's events, written at once while the socket keeps up (``Outbox.send``)."""
+        message = ws_message(event, turn_id, 0)
+        self.seq += 1
+        message["seq"] = self.seq
+        await self.outbox.send(message)
 
     def send_error(self, error: CallagentError, reply_to: str | None = None) -> None:
         self.send(ws_error(error, reply_to))
