@@ -157,20 +157,26 @@ class FastGPTClient:
                                 if data == b"[DONE]":
                                     return
                                 continue
-                            if data == b"[DONE]" or event == b"workflowDuration" or _is_stop_chunk(event, data):
+                            if event == b"answer" or event is None:  # the reply's text: most frames
+                                end = data == b"[DONE]" or (b'"stop"' in data and _is_stop_chunk(data))
+                                chunk = KEEPALIVE if end else _content_of(data)
+                            elif event == b"interactive":
+                                asked_now = interactive.question_of(frame_json(data, _PEER))
+                                asked = started = True
+                                yield VariablesUpdate({INTERACTIVE_KEY: asked_now})
+                                yield interactive.speech(asked_now)
+                                continue
+                            else:
+                                end = event == b"workflowDuration"
+                                chunk = KEEPALIVE if end else _chunk_of(event, data)
+                            if end:
                                 ended = True
                                 if question is not None and not asked:
                                     yield VariablesUpdate({INTERACTIVE_KEY: None})  # the question was answered
                                 yield END_OF_SPEECH
                                 if data == b"[DONE]":
                                     return
-                            elif event == b"interactive":
-                                asked_now = interactive.question_of(frame_json(data, _PEER))
-                                asked = started = True
-                                yield VariablesUpdate({INTERACTIVE_KEY: asked_now})
-                                yield interactive.speech(asked_now)
                             else:
-                                chunk = _chunk_of(event, data)
                                 started = True
                                 yield chunk
                     except (GeneratorExit, asyncio.CancelledError):
@@ -293,15 +299,20 @@ class FastGPTClient:
 # -- stream parsing -------------------------------------------------------------------------
 
 
-def _chunk_of(event: bytes | None, data: bytes) -> UpstreamChunk:
-    """What one frame before the end of speech means for the turn."""
-    if event in (b"answer", b"fastAnswer", None):
-        payload = frame_json(data, _PEER)
-        try:
-            content = payload["choices"][0]["delta"].get("content")
-        except (TypeError, KeyError, IndexError, AttributeError):
-            return KEEPALIVE
-        return content if isinstance(content, str) and content else KEEPALIVE
+def _content_of(data: bytes) -> UpstreamChunk:
+    """An answer frame's text (``KEEPALIVE`` when it has none)."""
+    payload = frame_json(data, _PEER)
+    try:
+        content = payload["choices"][0]["delta"].get("content")
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return KEEPALIVE
+    return content if isinstance(content, str) and content else KEEPALIVE
+
+
+def _chunk_of(event: bytes, data: bytes) -> UpstreamChunk:
+    """What a frame other than an answer means for the turn, before the end of speech."""
+    if event == b"fastAnswer":
+        return _content_of(data)
     if event == b"updateVariables":
         payload = frame_json(data, _PEER)
         return VariablesUpdate(payload) if isinstance(payload, dict) else KEEPALIVE
@@ -310,10 +321,8 @@ def _chunk_of(event: bytes | None, data: bytes) -> UpstreamChunk:
     return KEEPALIVE
 
 
-def _is_stop_chunk(event: bytes | None, data: bytes) -> bool:
+def _is_stop_chunk(data: bytes) -> bool:
     """The answer chunk FastGPT sends once the chat is saved (the end signal before 4.9.7)."""
-    if event not in (b"answer", None) or b'"stop"' not in data:
-        return False
     payload = frame_json(data, _PEER)
     try:
         choice = payload["choices"][0]
