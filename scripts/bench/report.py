@@ -38,6 +38,7 @@ def report(results: dict[str, Any]) -> str:
         out.append(title)
         rows = [
             [
+                r.get("cpus", "shared"),
                 r["transport"],
                 str(r["calls"]),
                 str(r["turns"]),
@@ -51,8 +52,8 @@ def report(results: dict[str, Any]) -> str:
             ]
             for r in results[key]
         ]
-        headers = ["via", "calls", "turns", "direct p50", "p99", "callagent p50", "p99", "added p50", "added p99"]
-        out += [table([*headers, "errors"], rows), ""]
+        headers = ["cpus", "via", "calls", "turns", "direct p50", "p99", "callagent p50", "p99", "added p50"]
+        out += [table([*headers, "added p99", "errors"], rows), ""]
     if "saturation" in results:
         out.append("Saturation (closed loop; CPU of the callagent process only: utime+stime from /proc)")
         rows = [
@@ -213,14 +214,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     for row in results.get("first_text", ()):
         limit = {1: 0.5, 10: 2.0, 100: 2.0}.get(row["calls"])
+        cpus = f", CPUs {row.get('cpus', 'shared')}"
         if row["transport"] == "sse" and limit is not None:
             value = row["added_p50_ms"]
             met = None if value is None else value <= limit
-            check(f"added first text p50, {row['calls']} SSE calls (ms)", value, f"<= {limit:g}", met)
+            check(f"added first text p50, {row['calls']} SSE calls{cpus} (ms)", value, f"<= {limit:g}", met)
         if row["calls"] == 100:
             value = row["added_p99_ms"]
             met = None if value is None else value <= 10
-            check(f"added first text p99, 100 {row['transport'].upper()} calls (ms)", value, "<= 10", met)
+            check(f"added first text p99, 100 {row['transport'].upper()} calls{cpus} (ms)", value, "<= 10", met)
         if row["calls"] >= 1000:
             what = f"errors, {row['calls']} concurrent {row['transport'].upper()} calls"
             check(what, row["errors"], "0", row["errors"] == 0)

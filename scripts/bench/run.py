@@ -33,7 +33,7 @@ from .common import (
 )
 from .processes import Lab, Server
 from .scenarios import idle_sockets, interrupt, latency, reset_emulator, saturation, streaming_turns, warm_up
-from .sizing import calls_per_core, console, cpu_by_concurrency, versus_relay
+from .sizing import calls_per_core, console, cpu_by_concurrency, own_core, versus_relay
 
 
 @contextlib.contextmanager
@@ -202,7 +202,8 @@ async def relay_runs(
             db = lab.workdir / "versus-relay.db"
             agents["sqlite"] = await lab.callagent(http, "callagent-sqlite-vs", emu, f"sqlite:///{db}")
             await warm_up(http, agents["sqlite"])
-        return await versus_relay(http, relay, agents, mode)
+        with own_core([relay, *agents.values()], [emu]):
+            return await versus_relay(http, relay, agents, mode)
     finally:
         for server in (relay, *agents.values()):
             if server is not agent:

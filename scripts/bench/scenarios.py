@@ -19,6 +19,7 @@ from .calls import WsCall
 from .common import CALL_TIMEOUT, CALLER_TEXT, JSON_HEADERS, Mode, diff, fmt, ms, progress, quantile
 from .load import Load, alternate, new_session, run_calls, sse_calls, ws_calls
 from .processes import Server, host_busy_seconds
+from .sizing import own_core
 
 
 def first_text_row(transport: str, calls: int, direct: Load, via: Load) -> dict[str, Any]:
@@ -47,6 +48,20 @@ def stagger_for(calls: int) -> float:
 
 
 async def latency(
+    http: aiohttp.ClientSession, emu: Server, agent: Server, mode: Mode, clause: bool
+) -> list[dict[str, Any]]:
+    """Added time to first text (or first clause), twice: with the machine's CPUs shared by the
+    emulator, callagent and the load generator (``cpus: shared``), then with callagent on a CPU
+    of its own and the other two on the rest (``cpus: own``), the direct calls as those through
+    callagent."""
+    rows = [row | {"cpus": "shared"} for row in await _latency(http, emu, agent, mode, clause)]
+    with own_core([agent], [emu]) as pinned:
+        if pinned:
+            rows += [row | {"cpus": "own"} for row in await _latency(http, emu, agent, mode, clause)]
+    return rows
+
+
+async def _latency(
     http: aiohttp.ClientSession, emu: Server, agent: Server, mode: Mode, clause: bool
 ) -> list[dict[str, Any]]:
     rows = []

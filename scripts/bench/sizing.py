@@ -17,6 +17,7 @@ import contextlib
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -140,20 +141,39 @@ def pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(tid), cpus)
 
 
+@contextlib.contextmanager
+def own_core(measured: list[Server], others: list[Server]) -> Iterator[bool]:
+    """The ``measured`` servers on one CPU of their own (as a deployment gives callagent its
+    cores), the ``others`` and this process (the load generator) on the rest: what is measured
+    then does not depend on how the kernel shares two CPUs among three busy processes. Yields
+    False, pinning nothing, on a machine with one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        yield False
+        return
+    everything, core, rest = set(cpus), {cpus[-1]}, set(cpus[:-1])
+    for server in measured:
+        pin(server.pid, core)
+    for server in others:
+        pin(server.pid, rest)
+    pin(0, rest)
+    try:
+        yield True
+    finally:
+        for server in (*measured, *others):
+            if server.proc is not None and server.proc.poll() is None:
+                pin(server.pid, everything)
+        pin(0, everything)
+
+
 async def calls_per_core(
     http: aiohttp.ClientSession, emu: Server, agent: Server, mode: Mode, budget_ms: float = 50.0
 ) -> dict[str, Any]:
     """The most concurrent SSE calls a callagent pinned to one core serves with added p99 first
     text (via callagent minus direct, same concurrency) under ``budget_ms``: doubling, then
     bisection, until ``mode.core_seconds`` are spent."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
+    if len(os.sched_getaffinity(0)) < 2:
         return {"skipped": "needs two CPUs: one for callagent, one for the emulator and the load"}
-    everything = set(cpus)
-    core, rest = {cpus[-1]}, set(cpus[:-1])
-    pin(agent.pid, core)
-    pin(emu.pid, rest)
-    pin(0, rest)
     probes: list[dict[str, Any]] = []
     deadline = time.monotonic() + mode.core_seconds
 
@@ -169,7 +189,7 @@ async def calls_per_core(
         progress(f"one core, {calls:5} calls: added p99 {fmt(value)} ms ({'within' if ok else 'over'} {budget_ms:g})")
         return ok
 
-    try:
+    with own_core([agent], [emu]):
         good, bad, calls = 0, None, mode.core_start
         while calls <= mode.core_max and time.monotonic() < deadline:
             if not await probe(calls):
@@ -182,10 +202,6 @@ async def calls_per_core(
                 good = middle
             else:
                 bad = middle
-    finally:
-        pin(agent.pid, everything)
-        pin(emu.pid, everything)
-        pin(0, everything)
     return {
         "budget_ms": budget_ms,
         "calls": good,
