@@ -29,8 +29,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from time import perf_counter
@@ -126,20 +125,13 @@ class TurnEngine:
             self.metrics.running_turns.dec()
             turn.emit(Done("cancelled"))
 
-    @asynccontextmanager
-    async def turn(self, request: TurnRequest) -> AsyncIterator[Turn]:
+    def turn(self, request: TurnRequest) -> ConsumedTurn:
         """Start a turn for a consumer; leaving the block early (disconnect) cancels it.
 
         Leaving after the terminal event does not: the turn may still be reading the upstream's
         end-of-stream bookkeeping, which keeps the pooled upstream connection reusable.
         """
-        turn = self.start(request)
-        try:
-            yield turn
-        finally:
-            if not turn.ended:
-                turn.cancel()
-                await asyncio.shield(turn.wait())
+        return ConsumedTurn(self, request)
 
     def running_turns(self) -> list[Turn]:
         return [turn for turn in self._running.values() if not turn.done]
@@ -431,6 +423,27 @@ class TurnEngine:
             chars=sum(map(len, reply.text)),
             **latency,
         )
+
+
+class ConsumedTurn:
+    """``async with engine.turn(request) as turn``: the turn starts on entry; leaving before its
+    terminal event cancels it and waits until it has ended."""
+
+    __slots__ = ("_engine", "_request", "_turn")
+
+    def __init__(self, engine: TurnEngine, request: TurnRequest) -> None:
+        self._engine, self._request = engine, request
+        self._turn: Turn | None = None
+
+    async def __aenter__(self) -> Turn:
+        self._turn = self._engine.start(self._request)
+        return self._turn
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        turn = self._turn
+        if turn is not None and not turn.ended:
+            turn.cancel()
+            await asyncio.shield(turn.wait())
 
 
 def _latency(progress: _Progress, reply: ReplyPipeline, now: float) -> dict[str, float | None]:

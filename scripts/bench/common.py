@@ -36,7 +36,7 @@ class Mode:
     idle_sockets: int
     streaming_turns: int
     rounds: int = 2  # direct and via callagent alternate this many times per latency figure
-    ratio_calls: int = 200  # closed-loop calls of each callagent-versus-relay window
+    ratio_calls: int = 150  # closed-loop calls of each callagent-versus-relay window: neither CPU saturated
     ratio_seconds: float = 2.5  # each such window, after its warm-up
     ratio_warm: float = 1.0  # seconds of load before each window opens
     ratio_sqlite: bool = True  # also callagent with the SQLite store
