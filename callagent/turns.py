@@ -91,6 +91,7 @@ class TurnEngine:
         self._tasks: dict[asyncio.Task[None], Turn] = {}
         self._codes = re.compile(settings.stage_code_pattern)
         self.leases = InstanceLeases(store, settings.lease_ttl)
+        self.metrics.running_turns.set_function(lambda: len(self._tasks))  # read when scraped
         store.on_cancel(self._on_remote_cancel)
 
     def open(self) -> None:
@@ -112,7 +113,6 @@ class TurnEngine:
         turn.task = task = asyncio.create_task(self._run(turn, prior), name=f"turn-{turn.id}")
         self._tasks[task] = turn
         task.add_done_callback(self._task_done)
-        self.metrics.running_turns.inc()
         return turn
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -122,7 +122,6 @@ class TurnEngine:
             # ends every turn, never ran, so end the turn here.
             if self._running.get(turn.session_id) is turn:
                 del self._running[turn.session_id]
-            self.metrics.running_turns.dec()
             turn.emit(Done("cancelled"))
 
     def turn(self, request: TurnRequest) -> ConsumedTurn:
@@ -374,7 +373,6 @@ class TurnEngine:
         """Give back what the turn holds: the upstream response, the session lease, its slot."""
         if self._running.get(turn.session_id) is turn:
             del self._running[turn.session_id]
-        self.metrics.running_turns.dec()
         try:
             if progress.chunks is not None:
                 await progress.chunks.aclose()
