@@ -79,7 +79,10 @@ async def versus_relay(
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for n in range(mode.ratio_rounds):
         for transport in TRANSPORTS:
-            for name, target in [("relay", relay), *agents.items()]:
+            order = [("relay", relay), *agents.items()]
+            # Every other round the other way round: a window's place in the sequence (right
+            # after another process's load, or not) must not favour one side.
+            for name, target in order if n % 2 == 0 else order[::-1]:
                 make = calls_for(http, target.base, transport)
                 row = await window(
                     make, target, mode.ratio_calls, mode.ratio_seconds, mode.ratio_warm, f"vs-{name}-{transport}"
