@@ -1,9 +1,11 @@
 """A turn as its consumers see it: the request, its events, and the handle to stop it.
 
-``TurnEngine`` (``turns``) runs each ``Turn`` in its own task; transports read
-``Turn.events()`` and stop a turn with ``cancel`` (a barge-in: ``Done(cancelled)``) or
-``fail`` (the turn cannot go on: the fallback, then ``Error``). Whenever it is stopped, even
-before its task started, a turn ends with exactly one terminal event.
+``TurnEngine`` (``turns``) runs each ``Turn`` in its own task; a streaming transport hands
+its writer to ``Turn.deliver`` (the turn's task then writes the reply as it produces it), any
+other consumer reads ``Turn.events()``. Either stops a turn with ``cancel`` (a barge-in:
+``Done(cancelled)``) or ``fail`` (the turn cannot go on: the fallback, then ``Error``).
+Whenever it is stopped, even before its task started, a turn ends with exactly one terminal
+event.
 """
 
 from __future__ import annotations

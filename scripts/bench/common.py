@@ -40,7 +40,7 @@ class Mode:
     ratio_seconds: float = 2.5  # each such window, after its warm-up
     ratio_warm: float = 1.0  # seconds of load before each window opens
     ratio_sqlite: bool = True  # also callagent with the SQLite store
-    ratio_rounds: int = 3  # relay and callagent back to back this many times: medians
+    ratio_rounds: int = 5  # relay and callagent back to back this many times: medians
     sizing_calls: tuple[int, ...] = (10, 100, 1000)  # CPU per turn at these concurrencies
     core_start: int = 50  # the one-core search starts here and doubles
     core_max: int = 3200
