@@ -62,6 +62,7 @@ log = structlog.get_logger(component="callagent.turns")
 DRAIN_TIMEOUT = 5.0
 """How long a finished turn keeps reading the upstream for its end-of-stream bookkeeping."""
 
+
 @dataclass(slots=True)
 class _Progress:
     """What a turn holds and has produced so far, beyond its reply pipeline."""

@@ -138,5 +138,3 @@ def drop_half_open(request: web.Request, send_timeout: float) -> None:
     option = getattr(socket, "TCP_USER_TIMEOUT", None)
     if sock is not None and option is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, option, int((send_timeout + 1) * 1000))
-
-

@@ -29,9 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="LIST", help=f"comma-separated subset of: {','.join(SCENARIOS)}")
     parser.add_argument("--loop", choices=("default", "asyncio"), default="default", help="callagent's event loop")
     parser.add_argument("--py-spy", metavar="PATH", help="record callagent under saturation (.svg, or .txt raw)")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        type=Path,
+        help="another checkout (e.g. a git worktree of an earlier commit): its callagent joins the relay comparison",
+    )
     args = parser.parse_args(argv)
     if args.only and not set(args.only.split(",")) <= set(SCENARIOS):
         parser.error(f"--only: choose from {', '.join(SCENARIOS)}")
+    if args.baseline is not None and not (args.baseline / "callagent" / "__init__.py").is_file():
+        parser.error(f"--baseline: {args.baseline} is not a callagent checkout")
 
     started = time.monotonic()
     try:

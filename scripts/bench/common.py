@@ -8,6 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HOST = "127.0.0.1"
+BASELINE = "baseline"
+"""The relay comparison's name for the callagent of ``--baseline DIR`` (memory store)."""
 API_KEY = "fastgpt-test"
 APP_ID = "app1"
 CHUNK_DELAY = 0.02  # seconds between upstream chunks, as a streaming LLM

@@ -162,7 +162,10 @@ class Lab:
         await server.start(http, "/__emulator/healthz")  # any answer (here a 404) means it is up
         return server
 
-    async def callagent(self, http: aiohttp.ClientSession, name: str, upstream: Server, store: str) -> Server:
+    async def callagent(
+        self, http: aiohttp.ClientSession, name: str, upstream: Server, store: str, source: Path | None = None
+    ) -> Server:
+        """A callagent instance; ``source``: run the ``callagent`` package of that checkout instead."""
         port = free_port()
         env = dict(os.environ) | {
             "CALLAGENT_UPSTREAM": "fastgpt",
@@ -179,7 +182,9 @@ class Lab:
         server = Server(name, [], env, port, self.workdir)
         argv = ["callagent", "serve", "--host", HOST, "--port", str(port)]
         server.argv = [sys.executable, "-m", "scripts.bench.gcwatch", str(server.gc_path), *argv]
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))  # for gcwatch
+        # gcwatch is this checkout's; the callagent package is the one of ``source`` when given.
+        paths = [str(source)] if source is not None else []
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, str(ROOT), env.get("PYTHONPATH")]))
         self.servers.append(server)
         await server.start(http, "/healthz")
         return server

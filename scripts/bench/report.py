@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import fmt
+from .common import BASELINE, fmt
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -236,7 +236,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             what = f"saturated throughput, {transport.upper()}, memory store (turns/s)"
             check(what, max(rows), ">= 900", max(rows) >= 900)
     for row in results.get("versus_relay", ()):
-        if row["transport"] in ("sse", "ws"):
+        if row["transport"] in ("sse", "ws") and row["store"] != BASELINE:
             limit = 1.3 if row["store"] == "memory" else 1.5
             what = f"callagent/relay CPU per turn, {row['transport'].upper()}, {row['store']}"
             ratio = row["ratio_per_turn"]

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from .common import (
+    BASELINE,
     CHUNK_CHARS,
     CHUNK_DELAY,
     DEFAULT_OFF,
@@ -119,7 +120,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await warm_up(http, fresh)
                     if "relay" in only:
                         with timed(results, "relay"):
-                            results["versus_relay"] = await relay_runs(http, lab, emu, fresh, mode)
+                            results["versus_relay"] = await relay_runs(http, lab, emu, fresh, mode, args.baseline)
                     if "sizing" in only:
                         with timed(results, "sizing"):
                             results["cpu_by_calls"] = await cpu_by_concurrency(http, fresh, mode)
@@ -192,12 +193,16 @@ async def saturation_runs(
 
 
 async def relay_runs(
-    http: aiohttp.ClientSession, lab: Lab, emu: Server, agent: Server, mode: Mode
+    http: aiohttp.ClientSession, lab: Lab, emu: Server, agent: Server, mode: Mode, baseline: Path | None = None
 ) -> list[dict[str, Any]]:
-    """The bare relay and callagent (memory and SQLite stores) over the same emulator and load."""
+    """The bare relay and callagent (memory and SQLite stores, and the ``baseline`` checkout's
+    callagent with the memory store) over the same emulator and load."""
     relay = await lab.relay(http, "relay", emu)
     agents = {"memory": agent}
     try:
+        if baseline is not None:
+            agents[BASELINE] = await lab.callagent(http, "callagent-baseline", emu, "memory://", source=baseline)
+            await warm_up(http, agents[BASELINE])
         if mode.ratio_sqlite:
             db = lab.workdir / "versus-relay.db"
             agents["sqlite"] = await lab.callagent(http, "callagent-sqlite-vs", emu, f"sqlite:///{db}")
