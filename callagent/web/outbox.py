@@ -97,7 +97,8 @@ class Outbox:
         """Send one frame from the caller's own task when nothing is queued before it and the
         peer reads (a reply's events so reach the socket with no task switch on the way out);
         otherwise queue it behind the others, making room first."""
-        if self._frames or self._sending_since is not None or self.ws.closed or self.request.protocol.writing_paused:
+        busy = self._frames or self._sending_since is not None or self.request.protocol.writing_paused
+        if busy or self.dropped or self.ws.closed:
             self.put(frame)
             await self.room()
             return
