@@ -49,3 +49,11 @@ def test_gcwatch_writes_the_collection_counts_at_exit(tmp_path: Path) -> None:
     subprocess.run(argv, env=env, cwd=tmp_path, check=True, timeout=30)
     counts = orjson.loads(out.read_bytes())
     assert counts["collections"][2] >= 2
+
+
+async def test_the_engine_benchmark_runs_whole_turns() -> None:
+    from scripts.bench import engine
+
+    figures = await engine.run(turns=200, calls=10)
+    assert figures["completed"] == 200 + 20 * 10  # the measured turns and the warm-up, all completed
+    assert 0 < figures["us_per_turn"] < 1_000_000
