@@ -177,16 +177,13 @@ class TurnDeadline:
         if now + self._idle < self._armed_at:  # an idle deadline shorter than the first-token one
             self._arm(now + self._idle)
 
-    def due(self) -> float | None:
+    def when(self) -> float | None:
         """When the deadline expires as things stand; None: stopped."""
         if self._until is None:
             return None
         if self._last_alive is None:
             return self._until
         return min(self._last_alive + self._idle, self.end)
-
-    def when(self) -> float | None:
-        return self.due()
 
     def reschedule(self, when: float | None) -> None:
         """Expire at ``when`` (loop time) instead, text or not; None: not at all."""
@@ -213,7 +210,7 @@ class TurnDeadline:
     def _fire(self) -> None:
         self._handle = None
         self._armed_at = float("inf")
-        due = self.due()
+        due = self.when()
         if due is None:
             return
         if due > self._loop.time():  # moved by text since the timer was set

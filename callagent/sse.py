@@ -16,7 +16,7 @@ Event names and data stay bytes: the clients decode JSON with orjson straight fr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 
 import aiohttp
@@ -104,16 +104,28 @@ class SSEParser:
             self._event = value or None
 
 
-async def read_events(response: aiohttp.ClientResponse, max_line: int = MAX_LINE_BYTES) -> AsyncIterator[SSEEvent]:
+async def read_events(
+    response: aiohttp.ClientResponse,
+    max_line: int = MAX_LINE_BYTES,
+    failed: Callable[[Exception], Exception] | None = None,
+) -> AsyncIterator[SSEEvent]:
     """The events of an SSE response body, each as soon as its blank line arrived.
 
-    Transport failures propagate as aiohttp / OS errors and a bad stream as ``SSEError``:
-    each client maps them to its own errors at its edge.
+    Transport failures propagate as aiohttp / OS errors and a bad stream as ``SSEError``, or,
+    with ``failed``, as what it makes of them: a client maps them to its own errors at its edge
+    here, in the one generator every chunk of an upstream reply passes through.
     """
     parser = SSEParser(max_line)
     content = response.content
-    while block := await content.readany():  # b"" only at the end of the body
-        for event in parser.feed(block):
+    while True:
+        try:
+            block = await content.readany()  # b"" only at the end of the body
+            events = parser.feed(block) if block else parser.finish()
+        except (SSEError, aiohttp.ClientError, ConnectionError) as e:
+            if failed is None:
+                raise
+            raise failed(e) from None
+        for event in events:
             yield event
-    for event in parser.finish():
-        yield event
+        if not block:
+            return

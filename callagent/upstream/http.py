@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
 import orjson
 
 from ..errors import UpstreamProtocol, UpstreamTimeout, UpstreamUnavailable
-from ..sse import SSEError, SSEEvent, SSEParser
+from ..sse import SSEError, SSEEvent, read_events
 
 SMALL_BODY = 64 * 1024
 """The most of a non-stream body (an error or a JSON answer) a client reads."""
@@ -95,26 +96,15 @@ async def read_small(response: aiohttp.ClientResponse, limit: int = SMALL_BODY) 
     return await response.content.read(limit)
 
 
-async def sse_events(response: aiohttp.ClientResponse, peer: Peer) -> AsyncIterator[SSEEvent]:
-    """The response's SSE events; a broken stream or connection is ``UpstreamProtocol``.
+def sse_events(response: aiohttp.ClientResponse, peer: Peer) -> AsyncIterator[SSEEvent]:
+    """The response's SSE events; a broken stream or connection is ``UpstreamProtocol``."""
+    return read_events(response, failed=partial(_stream_failure, peer))
 
-    ``callagent.sse.read_events`` with the errors mapped, in one generator: every upstream
-    chunk of every turn passes through here.
-    """
-    parser = SSEParser()
-    content = response.content
-    while True:
-        try:
-            block = await content.readany()  # b"" only at the end of the body
-            events = parser.feed(block) if block else parser.finish()
-        except SSEError as e:
-            raise UpstreamProtocol(f"{peer.name} sent a broken stream: {e}") from None
-        except (aiohttp.ClientError, ConnectionError) as e:
-            raise UpstreamProtocol(f"{peer.name} connection broke mid-stream: {type(e).__name__}") from None
-        for event in events:
-            yield event
-        if not block:
-            return
+
+def _stream_failure(peer: Peer, e: Exception) -> UpstreamProtocol:
+    if isinstance(e, SSEError):
+        return UpstreamProtocol(f"{peer.name} sent a broken stream: {e}")
+    return UpstreamProtocol(f"{peer.name} connection broke mid-stream: {type(e).__name__}")
 
 
 def frame_json(data: bytes, peer: Peer) -> Any:

@@ -38,7 +38,7 @@ def report(results: dict[str, Any]) -> str:
         out.append(title)
         rows = [
             [
-                r.get("cpus", "shared"),
+                r["cpus"],
                 r["transport"],
                 str(r["calls"]),
                 str(r["turns"]),
@@ -214,7 +214,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     for row in results.get("first_text", ()):
         limit = {1: 0.5, 10: 2.0, 100: 2.0}.get(row["calls"])
-        cpus = f", CPUs {row.get('cpus', 'shared')}"
+        cpus = f", CPUs {row['cpus']}"
         if row["transport"] == "sse" and limit is not None:
             value = row["added_p50_ms"]
             met = None if value is None else value <= limit
